@@ -1,0 +1,1 @@
+"""faceattr: CelebA facial-attribute classifier as an Airflow pipeline."""

@@ -1,0 +1,229 @@
+"""`faceattr` command line: one subcommand per pipeline stage, each a thin call into the library.
+
+Modules are imported inside the handlers so `faceattr --help` stays fast and torch is loaded
+only by the stages that need it.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from faceattr.config import ConfigError, RunConfig, _type_name, save_or_check
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] = ()) -> None:
+    """One flag per RunConfig field (--batch-size, --lr, ...); unset flags keep saved values."""
+    group = parser.add_argument_group("run configuration (saved in RUN/config.json)")
+    for f in dataclasses.fields(RunConfig):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kind = _type_name(f)
+        default = f.default
+        help_text = f"default {default!r}"
+        if "choices" in f.metadata:
+            help_text = f"{'|'.join(f.metadata['choices'])}; {help_text}"
+        if kind.startswith("bool"):
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            caster = {"int": int, "float": float}.get(kind, str)
+            group.add_argument(flag, dest=f.name, type=caster, default=None, help=help_text)
+
+
+def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(RunConfig)}
+    return {k: v for k, v in vars(args).items() if k in names and v is not None}
+
+
+def _run_config(run_dir: Path, overrides: dict[str, Any]) -> RunConfig:
+    """The saved config of RUN with the flags given on this command line applied, checked."""
+    base = RunConfig.load(run_dir).to_dict() if (run_dir / "config.json").exists() else {}
+    config = RunConfig.from_dict({**base, **overrides}, source="command line")
+    return save_or_check(config, run_dir)
+
+
+def _print(result: Any) -> None:
+    if result is not None:
+        print(json.dumps(result, indent=2, sort_keys=True, default=str))
+
+
+# -- handlers ---------------------------------------------------------------------------------
+def cmd_synth(args: argparse.Namespace) -> Any:
+    from faceattr.synth import generate
+
+    return generate(Path(args.out), n=args.n, seed=args.seed)
+
+
+def cmd_download(args: argparse.Namespace) -> Any:
+    from faceattr.download import acquire
+
+    return acquire(args.source, Path(args.root))
+
+
+def cmd_split(args: argparse.Namespace) -> Any:
+    from faceattr.split import make_split
+
+    run_dir = Path(args.out)
+    overrides = _config_overrides(args) | {"root": args.root, "split": args.strategy, "seed": args.seed}
+    config = _run_config(run_dir, overrides)
+    return make_split(Path(config.root), config.split, config.seed, run_dir)
+
+
+def cmd_train(args: argparse.Namespace) -> Any:
+    from faceattr.train import train_epoch
+
+    run_dir = Path(args.run)
+    return train_epoch(run_dir, args.epoch, _run_config(run_dir, _config_overrides(args)))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> Any:
+    from faceattr.evaluate import evaluate_epoch
+
+    epoch = args.epoch if args.epoch == "best" else int(args.epoch)
+    return evaluate_epoch(Path(args.run), epoch, args.split, device=args.device)
+
+
+def cmd_select(args: argparse.Namespace) -> Any:
+    from faceattr.evaluate import select_best
+
+    return select_best(Path(args.run))
+
+
+def cmd_predict(args: argparse.Namespace) -> Any:
+    from faceattr.predict import predict
+
+    return predict(
+        Path(args.model), Path(args.images), Path(args.out),
+        scores=args.scores, batch_size=args.batch_size, device=args.device,
+    )
+
+
+def cmd_fit(args: argparse.Namespace) -> Any:
+    from faceattr.pipeline import fit
+
+    run_dir = Path(args.run)
+    return fit(_run_config(run_dir, _config_overrides(args)), run_dir)
+
+
+def cmd_report(args: argparse.Namespace) -> Any:
+    from faceattr.report import write_report
+
+    return {"report": str(write_report(Path(args.run)))}
+
+
+def cmd_cache(args: argparse.Namespace) -> Any:
+    from faceattr.cache import build_cache
+
+    return build_cache(Path(args.run))
+
+
+def cmd_runs(args: argparse.Namespace) -> Any:
+    from faceattr.store import Store
+
+    store = Store.from_env()
+    if args.run_id:
+        print(store.format_run(args.run_id))
+    else:
+        print(store.format_runs())
+    return None
+
+
+def cmd_bench(args: argparse.Namespace) -> Any:
+    from faceattr.bench import run_benchmark
+
+    return run_benchmark(size=args.size, device=args.device, data_root=args.data)
+
+
+# -- parser -----------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="faceattr", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, handler: Callable, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(handler=handler)
+        return p
+
+    p = command("synth", cmd_synth, "write a synthetic CelebA-format dataset (demo and tests; not CelebA)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--n", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+
+    p = command("download", cmd_download, "fetch, verify and extract CelebA into ROOT/celeba")
+    p.add_argument("--source", required=True, help="a local folder, an http(s) mirror URL, or 'gdrive'")
+    p.add_argument("--root", required=True)
+
+    p = command("split", cmd_split, "split the dataset into train/val/test and start a run folder")
+    p.add_argument("--root", required=True)
+    p.add_argument("--strategy", choices=("random", "official", "identity"), default="random")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="the run folder")
+    _add_config_flags(p, skip=("root", "split", "seed"))
+
+    p = command("train", cmd_train, "train one epoch, from the previous epoch's checkpoint")
+    p.add_argument("--run", required=True)
+    p.add_argument("--epoch", type=int, required=True)
+    _add_config_flags(p)
+
+    p = command("evaluate", cmd_evaluate, "score an epoch's checkpoint on a split")
+    p.add_argument("--run", required=True)
+    p.add_argument("--epoch", required=True, help="an epoch number or 'best'")
+    p.add_argument("--split", choices=("train", "val", "test"), default="val")
+    p.add_argument("--device", default=None)
+
+    p = command("select", cmd_select, "pick the best validation epoch; write best.json and model.pt")
+    p.add_argument("--run", required=True)
+
+    p = command("predict", cmd_predict, "score a folder or zip of images into a CSV")
+    p.add_argument("--model", required=True, help="RUN/model.pt")
+    p.add_argument("--images", required=True, help="a folder or a .zip of images")
+    p.add_argument("--out", required=True, help="the CSV to write")
+    p.add_argument("--scores", action="store_true", help="add the raw scores as columns")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--device", default=None)
+
+    p = command("fit", cmd_fit, "split, train and validate every epoch, select, test, report: one process")
+    p.add_argument("--run", required=True)
+    _add_config_flags(p)
+
+    p = command("report", cmd_report, "write RUN/report/ (plots, CSV, HTML)")
+    p.add_argument("--run", required=True)
+
+    p = command("cache", cmd_cache, "decode the run's images once into a memory-mapped uint8 cache")
+    p.add_argument("--run", required=True)
+
+    p = command("runs", cmd_runs, "list runs in the run store, or show one")
+    p.add_argument("run_id", nargs="?")
+
+    p = command("bench", cmd_bench, "measure the write-up recipe against faceattr's fast path")
+    p.add_argument("--size", choices=("auto", "small", "full"), default="auto")
+    p.add_argument("--device", default=None)
+    p.add_argument("--data", default=None, help="a dataset ROOT to read; default: synthesise one")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        _print(args.handler(args))
+    except (ConfigError, ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
+        print(f"faceattr {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"faceattr {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

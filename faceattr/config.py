@@ -1,0 +1,190 @@
+"""One typed configuration for a training run.
+
+The same `RunConfig` flows from the CLI flags or the Airflow trigger form into every library
+function, and is saved as `RUN/config.json`. It imports nothing heavy, so DAG files can build
+their Params from it at parse time.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from faceattr.fsutil import write_json
+
+CONFIG_FILE = "config.json"
+
+SPLIT_STRATEGIES = ("random", "official", "identity")
+LOSSES = ("mse", "bce")
+OPTIMIZERS = ("adamax", "adamw")
+SCHEDULES = ("none", "cosine", "step")
+DEVICES_HINT = "auto, cpu, cuda or cuda:N"
+DATA_PATHS = ("auto", "pil", "cache")
+# Offered in the Airflow trigger form; the library accepts any torchvision classification model.
+KNOWN_ARCHS = (
+    "resnext50_32x4d", "resnet18", "resnet34", "resnet50", "resnet101", "resnext101_32x8d",
+    "wide_resnet50_2", "mobilenet_v3_large", "efficientnet_b0", "convnext_tiny", "regnet_y_800mf",
+)
+
+# Fields that may change between epochs of one run: they decide where and how fast it runs,
+# not what it learns. Any other difference on resume is an error.
+EXECUTION_FIELDS = frozenset({"device", "num_workers", "epochs", "patience", "compile", "data_path"})
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the field."""
+
+
+def _choice(*values: str) -> dict[str, Any]:
+    return {"choices": values}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    # data
+    root: str = "data"
+    split: str = field(default="random", metadata=_choice(*SPLIT_STRATEGIES))
+    seed: int = field(default=0, metadata={"min": 0})
+    # model
+    arch: str = "resnext50_32x4d"
+    weights: str = "imagenet"  # imagenet | none | path to a state dict
+    freeze_children: int = field(default=6, metadata={"min": 0})
+    # optimisation
+    epochs: int = field(default=12, metadata={"min": 1, "max": 1000})
+    batch_size: int = field(default=64, metadata={"min": 1, "max": 65536})
+    lr: float = field(default=1e-3, metadata={"exclusive_min": 0.0})
+    weight_decay: float = field(default=0.0, metadata={"min": 0.0})
+    optimizer: str = field(default="adamax", metadata=_choice(*OPTIMIZERS))
+    schedule: str = field(default="none", metadata=_choice(*SCHEDULES))
+    loss: str = field(default="mse", metadata=_choice(*LOSSES))
+    pos_weight: bool = False  # weight positives per attribute by negatives/positives (bce only)
+    tune_thresholds: bool = False  # per-attribute thresholds chosen on validation
+    patience: int = field(default=0, metadata={"min": 0})  # 0: no early stopping
+    # execution
+    device: str = "auto"
+    num_workers: int = field(default=-1, metadata={"min": -1})  # -1: one per core, at most 8
+    data_path: str = field(default="auto", metadata=_choice(*DATA_PATHS))
+    compile: bool | None = None  # None: on for CUDA, off on CPU
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            _check_field(f, getattr(self, f.name))
+        if self.pos_weight and self.loss != "bce":
+            raise ConfigError("pos_weight: only applies to loss 'bce'")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ConfigError(f"device: {self.device!r} is not one of {DEVICES_HINT}")
+
+    # -- conversion ---------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> "RunConfig":
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        try:
+            return cls(**data)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "RunConfig":
+        return dataclasses.replace(self, **changes)
+
+    # -- persistence --------------------------------------------------------------------------
+    def save(self, run_dir: str | os.PathLike) -> Path:
+        return write_json(Path(run_dir) / CONFIG_FILE, self.to_dict())
+
+    @classmethod
+    def load(cls, run_dir: str | os.PathLike) -> "RunConfig":
+        path = Path(run_dir) / CONFIG_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no run config; start the run with 'faceattr split' or 'faceattr fit'")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+        return cls.from_dict(data, source=str(path))
+
+    def check_resumable(self, saved: "RunConfig", where: str = "run") -> None:
+        """Refuse to continue a run whose learning settings differ from the saved ones."""
+        diffs = [
+            f"{f.name}: saved {getattr(saved, f.name)!r}, now {getattr(self, f.name)!r}"
+            for f in fields(self)
+            if f.name not in EXECUTION_FIELDS and getattr(self, f.name) != getattr(saved, f.name)
+        ]
+        if diffs:
+            raise ConfigError(
+                f"{where}: cannot resume with a different configuration ({'; '.join(diffs)}); "
+                "start a new run folder instead"
+            )
+
+    @classmethod
+    def json_schema(cls) -> dict[str, dict[str, Any]]:
+        """A JSON schema per field: the Airflow trigger form's Params use it."""
+        return {f.name: _field_schema(f) for f in fields(cls)}
+
+
+def save_or_check(config: RunConfig, run_dir: str | os.PathLike) -> RunConfig:
+    """Write config.json for a new run, or check that `config` may continue the saved one."""
+    path = Path(run_dir) / CONFIG_FILE
+    if path.exists():
+        saved = RunConfig.load(run_dir)
+        config.check_resumable(saved, where=str(path))
+    config.save(run_dir)
+    return config
+
+
+def _type_name(f: dataclasses.Field) -> str:
+    return str(f.type).replace(" ", "")
+
+
+def _check_field(f: dataclasses.Field, value: Any) -> None:
+    kind = _type_name(f)
+    meta = f.metadata
+    if kind == "bool":
+        ok = isinstance(value, bool)
+    elif kind == "bool|None":
+        ok = value is None or isinstance(value, bool)
+    elif kind == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind == "float":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, str) and value != ""
+    if not ok:
+        raise ConfigError(f"{f.name}: expected {kind}, got {value!r}")
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(f"{f.name}: {value!r} is not one of {', '.join(meta['choices'])}")
+    if "min" in meta and value < meta["min"]:
+        raise ConfigError(f"{f.name}: {value!r} is below the minimum {meta['min']}")
+    if "max" in meta and value > meta["max"]:
+        raise ConfigError(f"{f.name}: {value!r} is above the maximum {meta['max']}")
+    if "exclusive_min" in meta and value <= meta["exclusive_min"]:
+        raise ConfigError(f"{f.name}: {value!r} must be greater than {meta['exclusive_min']}")
+
+
+def _field_schema(f: dataclasses.Field) -> dict[str, Any]:
+    kind = _type_name(f)
+    schema: dict[str, Any] = {
+        "bool": {"type": "boolean"},
+        "bool|None": {"type": ["boolean", "null"]},
+        "int": {"type": "integer"},
+        "float": {"type": "number"},
+    }.get(kind, {"type": "string", "minLength": 1})
+    meta = f.metadata
+    if "choices" in meta:
+        schema["enum"] = list(meta["choices"])
+    if "min" in meta:
+        schema["minimum"] = meta["min"]
+    if "max" in meta:
+        schema["maximum"] = meta["max"]
+    if "exclusive_min" in meta:
+        schema["exclusiveMinimum"] = meta["exclusive_min"]
+    return schema
