@@ -126,8 +126,9 @@ def cmd_runs(args: argparse.Namespace) -> Any:
     from faceattr.store import Store
 
     store = Store.from_env()
-    if args.run_id:
-        print(store.format_run(args.run_id))
+    run_id = getattr(args, "run_id", None)
+    if run_id:
+        print(store.format_run(run_id))
     else:
         print(store.format_runs())
     return None
@@ -198,8 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("cache", cmd_cache, "decode the run's images once into a memory-mapped uint8 cache")
     p.add_argument("--run", required=True)
 
-    p = command("runs", cmd_runs, "list runs in the run store, or show one")
-    p.add_argument("run_id", nargs="?")
+    p = command("runs", cmd_runs, "list runs in the run store; 'runs show ID' shows one")
+    runs_sub = p.add_subparsers(dest="runs_command", metavar="{show}")
+    show = runs_sub.add_parser("show", help="per-epoch and per-attribute figures of one run")
+    show.add_argument("run_id")
 
     p = command("bench", cmd_bench, "measure the write-up recipe against faceattr's fast path")
     p.add_argument("--size", choices=("auto", "small", "full"), default="auto")
