@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("evaluate", cmd_evaluate, "score an epoch's checkpoint on a split")
     p.add_argument("--run", required=True)
     p.add_argument("--epoch", required=True, help="an epoch number or 'best'")
-    p.add_argument("--split", choices=("train", "val", "test"), default="val")
+    p.add_argument("--split", choices=("val", "test"), default="val")
     p.add_argument("--device", default=None)
 
     p = command("select", cmd_select, "pick the best validation epoch; write best.json and model.pt")

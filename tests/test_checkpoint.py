@@ -1,0 +1,120 @@
+"""faceattr.checkpoint: atomic saves, weights_only loads, and refusal of code-carrying pickles."""
+from __future__ import annotations
+
+import os
+import shlex
+
+import pytest
+import torch
+
+from faceattr.checkpoint import UnsafeCheckpointError, load_checkpoint, save_checkpoint
+
+
+class _WritesMarker:
+    """Unpickling this runs a shell command that creates a marker file: a stand-in for malware."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {shlex.quote(str(self.marker))}",))
+
+
+def _training_like_checkpoint() -> dict:
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.Adamax(model.parameters(), lr=1e-3)
+    model(torch.randn(4, 3)).sum().backward()
+    optimizer.step()
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": None,
+        "rng": {"torch": torch.get_rng_state(), "cuda": None},
+        "epoch": 3,
+        "config": {"arch": "resnet18", "lr": 0.001, "compile": None, "tune_thresholds": False},
+        "train": {"loss": 0.5, "accuracy": 0.9, "images": 10, "seconds": 1.5, "images_per_second": 6.7},
+    }
+
+
+def test_round_trip_keeps_tensors_and_plain_values(tmp_path):
+    original = _training_like_checkpoint()
+    path = save_checkpoint(original, tmp_path / "checkpoints" / "epoch_3.pt")
+    loaded = load_checkpoint(path)
+    assert loaded["epoch"] == 3 and loaded["config"] == original["config"] and loaded["train"] == original["train"]
+    for key, tensor in original["model"].items():
+        assert torch.equal(loaded["model"][key], tensor)
+    assert torch.equal(loaded["rng"]["torch"], original["rng"]["torch"])
+    assert loaded["optimizer"]["param_groups"][0]["lr"] == 1e-3
+    # Nothing but the checkpoint is left in the folder: no temporary files.
+    assert sorted(p.name for p in path.parent.iterdir()) == ["epoch_3.pt"]
+
+
+def test_code_carrying_pickle_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    torch.save({"model": {}, "payload": _WritesMarker(marker)}, path)
+
+    with pytest.raises(UnsafeCheckpointError, match="evil.pt.*could run code") as caught:
+        load_checkpoint(path)
+    assert "system" in str(caught.value)  # names what it refused
+    assert not marker.exists()
+
+    # Control: the file really is malicious; an unrestricted load runs it.
+    torch.load(path, weights_only=False)
+    assert marker.exists()
+
+
+def test_unsafe_error_is_a_value_error(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"x": _WritesMarker(tmp_path / "m")}, path)
+    with pytest.raises(ValueError):
+        load_checkpoint(path)
+    assert not (tmp_path / "m").exists()
+
+
+def test_missing_corrupt_truncated_and_non_dict_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="absent.pt"):
+        load_checkpoint(tmp_path / "absent.pt")
+
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"this is not a checkpoint" * 10)
+    with pytest.raises(ValueError, match="garbage.pt: not a readable") as caught:
+        load_checkpoint(garbage)
+    assert not isinstance(caught.value, UnsafeCheckpointError)
+
+    good = save_checkpoint({"w": torch.ones(100)}, tmp_path / "good.pt")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(ValueError, match="truncated.pt: not a readable"):
+        load_checkpoint(truncated)
+
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match="empty.pt"):
+        load_checkpoint(empty)
+
+    tensor_only = tmp_path / "tensor.pt"
+    torch.save(torch.ones(2), tensor_only)
+    with pytest.raises(ValueError, match="expected a dict"):
+        load_checkpoint(tensor_only)
+
+
+def test_save_refuses_what_a_safe_load_could_not_read(tmp_path):
+    import numpy as np
+
+    target = tmp_path / "bad.pt"
+    with pytest.raises(TypeError, match=r"checkpoint\['train'\]\['loss'\].*numpy.float64"):
+        save_checkpoint({"train": {"loss": np.float64(0.5)}}, target)
+    with pytest.raises(TypeError, match=r"checkpoint\['obj'\]"):
+        save_checkpoint({"obj": object()}, target)
+    with pytest.raises(TypeError, match="must be a dict"):
+        save_checkpoint([torch.ones(1)], target)
+    assert list(tmp_path.iterdir()) == []  # nothing written, not even a temporary file
+
+
+def test_save_replaces_atomically(tmp_path):
+    target = tmp_path / "epoch_1.pt"
+    save_checkpoint({"v": torch.zeros(2)}, target)
+    save_checkpoint({"v": torch.ones(2)}, target)
+    assert torch.equal(load_checkpoint(target)["v"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["epoch_1.pt"]
