@@ -1,0 +1,101 @@
+"""The whole recipe in one process: split, train and validate each epoch, select, test, report.
+
+`faceattr fit` runs it; the Airflow DAG runs the same library calls as separate tasks. It is
+resumable: a split that exists is kept, and epochs with both a checkpoint and validation
+metrics are not redone.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+from faceattr.config import RunConfig, save_or_check
+from faceattr.fsutil import read_json
+from faceattr.layout import RunLayout
+
+log = logging.getLogger(__name__)
+
+
+def fit(config: RunConfig, run_dir: str | Path) -> dict:
+    """Run the recipe for `config` in `run_dir`; returns a summary of the best epoch and the test result.
+
+    Validation after every epoch; with config.patience > 0, training stops once that many epochs
+    in a row have not improved the best validation mean accuracy.
+    """
+    from faceattr.evaluate import evaluate_epoch, select_best
+    from faceattr.report import write_report
+    from faceattr.split import make_split
+    from faceattr.train import train_epoch
+
+    start = time.perf_counter()
+    run_dir = Path(run_dir)
+    layout = RunLayout(run_dir)
+    save_or_check(config, run_dir)  # a different learning config for an existing run is an error
+
+    # The split's strategy and seed are part of the saved config checked above, so an existing
+    # split.csv was made with the same ones.
+    if layout.split.is_file():
+        log.info("split: keeping %s", layout.split)
+    else:
+        split = make_split(Path(config.root), config.split, config.seed, run_dir)
+        log.info("split (%s, seed %d): %s", config.split, config.seed,
+                 ", ".join(f"{name} {split[name]}" for name in ("train", "val", "test")))
+
+    val_by_epoch: dict[int, float] = {}
+    best_accuracy, epochs_without_gain, stopped_early = -math.inf, 0, False
+    for epoch in range(1, config.epochs + 1):
+        val_path = layout.metrics("val", epoch)
+        if layout.checkpoint(epoch).is_file() and val_path.is_file():
+            val = read_json(val_path)
+            log.info("epoch %d: already trained and validated", epoch)
+        else:
+            if not layout.checkpoint(epoch).is_file():
+                train_epoch(run_dir, epoch, config)
+            val = evaluate_epoch(run_dir, epoch, "val", device=config.device)
+        accuracy = float(val["mean_accuracy"])
+        val_by_epoch[epoch] = accuracy
+        log.info("epoch %d: val mean accuracy %.4f (majority baseline %.4f)",
+                 epoch, accuracy, float(val.get("majority_baseline", math.nan)))
+        if accuracy > best_accuracy:
+            best_accuracy, epochs_without_gain = accuracy, 0
+        else:
+            epochs_without_gain += 1
+        if config.patience and epochs_without_gain >= config.patience:
+            stopped_early = epoch < config.epochs
+            if stopped_early:
+                log.info("early stop after epoch %d: no gain for %d epoch(s)", epoch, epochs_without_gain)
+            break
+
+    best = select_best(run_dir)
+    best_epoch = int(best["epoch"])
+    test = evaluate_epoch(run_dir, "best", "test", device=config.device)
+    report = write_report(run_dir)
+    summary = {
+        "run": str(run_dir),
+        "epochs_run": sorted(val_by_epoch),
+        "stopped_early": stopped_early,
+        "val_by_epoch": val_by_epoch,
+        "best_epoch": best_epoch,
+        "val_mean_accuracy": float(best["val_mean_accuracy"]),
+        "test_mean_accuracy": float(test["mean_accuracy"]),
+        "test_majority_baseline": float(test["majority_baseline"]),
+        "test_images": int(test["images"]),
+        "paths": {
+            "config": str(layout.config),
+            "split": str(layout.split),
+            "checkpoints": str(layout.checkpoints),
+            "best": str(layout.best),
+            "model": str(layout.model),
+            "test_metrics": str(layout.metrics("test", best_epoch)),
+            "report": str(report),
+        },
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    log.info(
+        "fit: best epoch %d, val %.4f, test %.4f (majority baseline %.4f) in %.0f s",
+        best_epoch, summary["val_mean_accuracy"], summary["test_mean_accuracy"],
+        summary["test_majority_baseline"], summary["seconds"],
+    )
+    return summary

@@ -1,0 +1,150 @@
+"""Where and how a run executes: device choice, mixed precision, seeding, workers, progress.
+
+Everything here is about execution, not about what the model learns, so it is shared by
+training, evaluation and prediction.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import random
+import sys
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str | None = None) -> torch.device:
+    """`None` or "auto": CUDA when available, else CPU; "cpu", "cuda", "cuda:N" as given."""
+    if name is None or name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device: {name!r} is not one of auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device: {name!r} is not one of auto, cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device: {name!r} requested but CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise RuntimeError(f"device: {name!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+    return device
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA (no loss scaling needed); a no-op on CPU, where fp32 is faster."""
+    if device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all CUDA devices too)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def derive_seed(*parts: int) -> int:
+    """A stable 63-bit seed from integers such as (config.seed, epoch): same parts, same seed."""
+    digest = hashlib.sha256(":".join(str(int(p)) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def rng_state() -> dict:
+    """The torch RNG state (CPU and CUDA) as tensors, so a checkpoint can carry it."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    return {"torch": torch.get_rng_state(), "cuda": cuda}
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what `rng_state` captured; CUDA state only when the device count matches."""
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda")
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def resolve_num_workers(num_workers: int) -> int:
+    """-1 means one DataLoader worker per core, at most 8; 0 loads in the main process."""
+    if num_workers == -1:
+        return min(8, os.cpu_count() or 1)
+    if num_workers < 0:
+        raise ValueError(f"num_workers: {num_workers} must be -1 (auto) or >= 0")
+    return num_workers
+
+
+def should_compile(compile_flag: bool | None, device: torch.device) -> bool:
+    """config.compile: None means on for CUDA, off on CPU (compiling costs more than it saves there)."""
+    return device.type == "cuda" if compile_flag is None else compile_flag
+
+
+def worker_init_fn(worker_id: int) -> None:
+    """Seed Python and NumPy in a DataLoader worker from the torch seed the loader gave it.
+
+    The loader derives each worker's torch seed from its generator, so seeding the generator
+    makes shuffling and augmentation reproducible whatever the number of workers.
+    """
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+class Progress:
+    """Progress of one pass over a loader: a tqdm bar on a terminal, log lines otherwise.
+
+    Airflow task logs are not terminals, so there it logs "done/total, img/s, loss, ETA" every
+    `log_every_s` seconds. `update` takes a callable for the figures shown (e.g. the running
+    loss) so the caller pays for a device sync only when a line is actually printed.
+    """
+
+    def __init__(self, total: int, desc: str, *, log_every_s: float = 10.0, tty: bool | None = None):
+        self.total = total
+        self.desc = desc
+        self.done = 0
+        self.log_every_s = log_every_s
+        self.start = time.perf_counter()
+        self._last_shown = self.start
+        self._bar = None
+        if sys.stderr.isatty() if tty is None else tty:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, desc=desc, unit="img", unit_scale=True, dynamic_ncols=True, leave=False)
+            self.log_every_s = min(log_every_s, 1.0)
+
+    def update(self, images: int, figures: Callable[[], dict[str, float]] | None = None) -> None:
+        self.done += images
+        now = time.perf_counter()
+        if self._bar is not None:
+            self._bar.update(images)
+        if now - self._last_shown < self.log_every_s and self.done < self.total:
+            return
+        self._last_shown = now
+        shown = figures() if figures else {}
+        if self._bar is not None:
+            self._bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
+            return
+        elapsed = now - self.start
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - self.done) / rate if rate > 0 else float("nan")
+        extra = "".join(f", {k} {v:.4f}" for k, v in shown.items())
+        log.info("%s: %d/%d images, %.1f img/s%s, ETA %s", self.desc, self.done, self.total, rate, extra, _duration(eta))
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _duration(seconds: float) -> str:
+    if seconds != seconds:  # NaN: no rate yet
+        return "?"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
