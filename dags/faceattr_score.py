@@ -1,0 +1,54 @@
+"""
+### faceattr_score
+
+Scores a folder or .zip of face images with a published model into a CSV (`image_id` + the 40
+attributes, values -1/1) and an errors file beside it (`<name>.errors.csv`: image_id, reason),
+exactly as `faceattr predict` does, and records the scoring job in the store.
+
+* Params: `images`, `output` (empty: `$FACEATTR_HOME/scores/<run id>.csv`), `model` (`latest` or
+  a run id).
+* Both paths must lie under `FACEATTR_DATA_ROOTS` (symlinks and `..` resolved); anything else is
+  refused by `check_request` before any file is read or written.
+* With `FACEATTR_STANDING_SET` set, the DAG is also scheduled on the `faceattr/model` asset: each
+  newly published model re-scores that standing set.
+
+All logic is in `faceattr.orchestrate`; this file is the table of contents.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from airflow.sdk import DAG, Asset, Param, task
+
+from faceattr import orchestrate
+
+MODEL_ASSET = Asset(orchestrate.MODEL_ASSET_NAME)
+
+
+@task(doc_md="Checks the images and output paths against FACEATTR_DATA_ROOTS and finds the model file; "
+             "nothing is read or written before this passes.")
+def check_request(params=None, run_id=None):
+    return orchestrate.check_score_request(params["images"], params["output"], params["model"], run_id)
+
+
+@task(pool=orchestrate.gpu_pool(), queue=orchestrate.gpu_queue(),
+      doc_md="Predicts every image into the CSV and errors file (written atomically) and records the scoring job.")
+def score_images(request: dict, params=None, run_id=None):
+    return orchestrate.score(
+        request["images"], request["output"], request["model"],
+        job_id=f"faceattr_score-{orchestrate.sanitize_run_id(run_id)}",
+        batch_size=params["batch_size"], device=params["device"], scores=params["scores"],
+    )
+
+
+with DAG(
+    dag_id="faceattr_score",
+    description="Score a folder or zip of images with a published faceattr model",
+    schedule=[MODEL_ASSET] if orchestrate.standing_set() else None,
+    start_date=datetime(2024, 1, 1, tzinfo=timezone.utc),
+    catchup=False,
+    params={name: Param(**spec) for name, spec in orchestrate.score_params().items()},
+    doc_md=__doc__,
+    tags=["faceattr"],
+):
+    score_images(check_request())

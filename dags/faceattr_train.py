@@ -1,0 +1,135 @@
+"""
+### faceattr_train
+
+Trains, selects and publishes the 40-attribute CelebA classifier (ResNeXt50 32x4d, MSE on ±1
+labels, Adamax, as in the write-up):
+
+download → split → train_epoch_01 → validate_epoch_01, train_epoch_02 → … → select_best → test →
+report → publish_model → score_private
+
+* One train and one validate task per epoch, up to `FACEATTR_MAX_EPOCHS` (set when the file is
+  parsed). A run's `epochs` below that, or early stopping (`patience`), marks the remaining epoch
+  tasks **skipped** and the run goes on to selection.
+* Validation of epoch K overlaps training of epoch K+1 where the `gpu` pool has room; training
+  epoch K waits for validation of epoch K-2, which early stopping reads.
+* Training, validation, test and scoring run in the `gpu` pool (`FACEATTR_GPU_POOL`) on the queue
+  `FACEATTR_GPU_QUEUE`. Clearing a task redoes only its own outputs; a retried epoch restarts from
+  the previous epoch's checkpoint.
+* The run folder is `<output>/<run id>`; `publish_model` records the run in the store
+  (`FACEATTR_DB_URL`), makes its model current and emits the `faceattr/model` asset event.
+* Paths in the form must lie under `FACEATTR_DATA_ROOTS`.
+
+All logic is in `faceattr.orchestrate`; this file is the table of contents.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from airflow.sdk import DAG, Asset, Param, TriggerRule, task
+
+from faceattr import orchestrate
+
+MAX_EPOCHS = orchestrate.max_epochs()
+GPU = {"pool": orchestrate.gpu_pool(), "queue": orchestrate.gpu_queue()}
+MODEL_ASSET = Asset(orchestrate.MODEL_ASSET_NAME)
+
+
+@task(
+    retries=3, retry_delay=timedelta(seconds=30), retry_exponential_backoff=2.0, max_retry_delay=timedelta(minutes=10),
+    doc_md="Checks the run's settings (unknown conf keys, paths under FACEATTR_DATA_ROOTS), then fetches and "
+           "verifies CelebA into the root; up to date data is left alone. Retries with exponential backoff.",
+)
+def download(params=None, dag_run=None):
+    return orchestrate.download(params, dag_run.conf)
+
+
+@task(doc_md="Creates the run folder `<output>/<run id>` with config.json and split.csv (80/10/10 by default), "
+             "and records the run in the store.")
+def split(params=None, run_id=None):
+    return orchestrate.split(params, run_id)
+
+
+@task(**GPU, retries=1, retry_delay=timedelta(minutes=1))
+def train_epoch(epoch: int, params=None, run_id=None):
+    return orchestrate.train(params, run_id, epoch)
+
+
+@task(**GPU, retries=1, retry_delay=timedelta(minutes=1))
+def validate_epoch(epoch: int, params=None, run_id=None):
+    return orchestrate.validate(params, run_id, epoch)
+
+
+@task(
+    trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS,
+    doc_md="Picks the epoch with the best validation mean accuracy (ties: the earlier); writes best.json and the "
+           "inference artifact model.pt. Runs when the remaining epochs were skipped.",
+)
+def select_best(params=None, run_id=None):
+    return orchestrate.select(params, run_id)
+
+
+@task(**GPU, doc_md="Scores the chosen model on the test split (per-attribute accuracy, balanced accuracy, F1 "
+                    "and the majority baseline).")
+def test(params=None, run_id=None):
+    return orchestrate.test(params, run_id)
+
+
+@task(doc_md="Writes RUN/report/: accuracy per epoch and per-attribute test accuracy plots, the table CSV and an "
+             "HTML page; their paths are in the log and the XCom.")
+def report(params=None, run_id=None):
+    return orchestrate.report(params, run_id)
+
+
+@task(outlets=[MODEL_ASSET], doc_md="Records the run in the store, makes its model the current one and emits a "
+                                    "`faceattr/model` asset event carrying run, epoch, val and test accuracy.")
+def publish_model(params=None, run_id=None, outlet_events=None):
+    summary = orchestrate.publish(params, run_id)
+    outlet_events[MODEL_ASSET].extra.update(summary)
+    return summary
+
+
+@task(**GPU, doc_md="Predicts the private images (param `private_images`) into RUN/private_predictions.csv; "
+                    "skipped when none are given.")
+def score_private(params=None, run_id=None):
+    return orchestrate.score_private(params, run_id)
+
+
+def _record_failure(context):
+    orchestrate.record_failure(context["dag_run"].run_id, str(context.get("reason", "")))
+
+
+with DAG(
+    dag_id="faceattr_train",
+    description="Train, select and publish the CelebA 40-attribute classifier",
+    schedule=orchestrate.train_schedule(),
+    start_date=datetime(2024, 1, 1, tzinfo=timezone.utc),
+    catchup=False,
+    params={name: Param(**spec) for name, spec in orchestrate.train_params().items()},
+    doc_md=__doc__,
+    tags=["faceattr"],
+    on_failure_callback=_record_failure,
+):
+    trains = [
+        train_epoch.override(
+            task_id=task_id,
+            doc_md=f"Trains epoch {epoch} from epoch {epoch - 1}'s checkpoint and writes checkpoints/epoch_{epoch}.pt. "
+                   "Skipped past the run's `epochs` or when early stopping has triggered.",
+        )(epoch)
+        for epoch, task_id in enumerate(orchestrate.epoch_task_ids("train_epoch", MAX_EPOCHS), start=1)
+    ]
+    validates = [
+        validate_epoch.override(
+            task_id=task_id,
+            doc_md=f"Scores epoch {epoch}'s checkpoint on the validation split (metrics/val_epoch_{epoch}.json).",
+        )(epoch)
+        for epoch, task_id in enumerate(orchestrate.epoch_task_ids("validate_epoch", MAX_EPOCHS), start=1)
+    ]
+
+    download() >> split() >> trains[0]
+    for k in range(MAX_EPOCHS):
+        trains[k] >> validates[k]
+        if k + 1 < MAX_EPOCHS:
+            trains[k] >> trains[k + 1]
+        if k + 2 < MAX_EPOCHS:
+            validates[k] >> trains[k + 2]  # early stopping reads it; validate K overlaps train K+1
+    validates >> select_best() >> test() >> report() >> publish_model() >> score_private()
