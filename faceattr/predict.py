@@ -8,9 +8,11 @@ starting with "." and macOS's __MACOSX) are ignored.
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
+import warnings
 import zipfile
 from collections import Counter
 from pathlib import Path, PurePosixPath
@@ -44,7 +46,7 @@ def predict(
     import torch
     from torch.utils.data import DataLoader
 
-    from faceattr.evaluate import prepare_for_inference, score_batch
+    from faceattr.evaluate import prepare_for_inference
     from faceattr.model import load_model_file
     from faceattr.runtime import Progress, resolve_device, resolve_num_workers
 
@@ -59,7 +61,9 @@ def predict(
         raise ValueError(f"{model_path}: its attributes are not the 40 CelebA attributes in official order")
     thresholds = info["thresholds"].float().numpy()
 
-    dataset = ImageFiles.from_path(images, transform=_transform(info), exclude=(out_csv, errors_csv))
+    # On CUDA, workers only read the bytes of plain JPEGs and nvjpeg decodes each batch on the GPU.
+    raw_jpeg = device.type in DEVICE_DECODE
+    dataset = ImageFiles.from_path(images, transform=_transform(info), exclude=(out_csv, errors_csv), raw_jpeg=raw_jpeg)
     total = len(dataset)
     batches = -(-total // batch_size)
     # Decoding JPEGs is the CPU-bound part: spread it over worker processes when there is more
@@ -74,12 +78,31 @@ def predict(
     all_scores = np.zeros((total, len(ATTRIBUTES)), dtype=np.float32)
     failures: dict[int, str] = {}
     progress = Progress(total, f"predict {images.name}")
-    with torch.inference_mode():
-        for indices, batch, errors in loader:
+
+    def model_batches():
+        """(indices, images) for the model; unreadable files are recorded in `failures` on the way."""
+        for indices, batch, errors, raw in loader:
+            seen = len(indices) + len(errors) + len(raw)
             if len(indices):
-                all_scores[indices.numpy()] = score_batch(model, batch, device).numpy()
+                yield indices, batch
+            if raw:
+                decoded_indices, decoded, raw_errors = decode_jpeg_batch(raw, device, info)
+                errors = errors + raw_errors
+                if len(decoded_indices):
+                    yield decoded_indices, decoded
             failures.update(errors)
-            progress.update(len(indices) + len(errors))
+            progress.update(seen)
+
+    with torch.inference_mode():
+        # One batch in flight: the next batch is decoded (on CUDA, nvjpeg's CPU stage) while the
+        # device still runs the model on the previous one; its scores are fetched only then.
+        in_flight = None
+        for indices, images in model_batches():
+            if in_flight is not None:
+                all_scores[in_flight[0].numpy()] = in_flight[1].cpu().numpy()
+            in_flight = (indices, _run_model(model, images, device))
+        if in_flight is not None:
+            all_scores[in_flight[0].numpy()] = in_flight[1].cpu().numpy()
     progress.close()
     dataset.close()
 
@@ -110,24 +133,26 @@ class ImageFiles:
     a batch. A zip is opened lazily in each process: DataLoader workers cannot share a handle.
     """
 
-    def __init__(self, image_ids: list[str], transform, *, folder: Path | None = None, archive: Path | None = None):
+    def __init__(self, image_ids: list[str], transform, *, folder: Path | None = None, archive: Path | None = None,
+                 raw_jpeg: bool = False):
         self.image_ids = image_ids
         self.transform = transform
+        self.raw_jpeg = raw_jpeg  # plain JPEGs come back undecoded, as a uint8 tensor of their bytes
         self.folder = folder
         self.archive = archive
         self._zip: zipfile.ZipFile | None = None
         self._zip_pid: int | None = None
 
     @classmethod
-    def from_path(cls, images: Path, transform, exclude=()) -> "ImageFiles":
+    def from_path(cls, images: Path, transform, exclude=(), raw_jpeg: bool = False) -> "ImageFiles":
         if not images.exists():
             raise FileNotFoundError(f"{images}: no such folder or zip file")
         if images.is_dir():
             ids = list_folder(images, exclude=exclude)
-            dataset = cls(ids, transform, folder=images)
+            dataset = cls(ids, transform, folder=images, raw_jpeg=raw_jpeg)
         elif zipfile.is_zipfile(images):
             ids = list_zip(images)
-            dataset = cls(ids, transform, archive=images)
+            dataset = cls(ids, transform, archive=images, raw_jpeg=raw_jpeg)
         else:
             raise ValueError(f"{images}: neither a folder nor a zip archive")
         if not ids:
@@ -142,10 +167,16 @@ class ImageFiles:
 
         image_id = self.image_ids[index]
         try:
-            if self.archive is not None:
-                image = open_image(self._read_entry(image_id), name=image_id)
-            else:
-                image = open_image(self.folder / image_id, name=image_id)
+            source = self._read_entry(image_id) if self.archive is not None else self.folder / image_id
+            if self.raw_jpeg:
+                data = source.getvalue() if self.archive is not None else _read_file(source, image_id)
+                if data is not None and plain_jpeg(data):
+                    import torch
+
+                    return index, torch.frombuffer(bytearray(data), dtype=torch.uint8), RAW_JPEG
+                if data is not None:
+                    source = io.BytesIO(data)
+            image = open_image(source, name=image_id)
         except ImageError as exc:
             return index, None, str(exc).removeprefix(f"{image_id}: ")
         return index, self.transform(image), ""
@@ -172,14 +203,139 @@ class ImageFiles:
             raise ImageError(f"{name}: cannot read the zip entry ({exc})") from None
 
 
-def collate_images(items):
-    """Stack the readable images of a batch; pass the failures through as (index, reason)."""
+def _run_model(model, images, device):
+    """Queue the model on one batch: float32 scores left on the device (score_batch without the wait)."""
     import torch
 
-    good = [(index, tensor) for index, tensor, _ in items if tensor is not None]
+    from faceattr.runtime import autocast
+
+    if device.type == "cuda":
+        images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
+    else:
+        images = images.to(device)
+    with autocast(device):
+        return model(images).float()
+
+
+def collate_images(items):
+    """Stack the decoded images of a batch; pass failures as (index, reason), undecoded JPEGs as (index, bytes)."""
+    import torch
+
+    good = [(index, tensor) for index, tensor, reason in items if tensor is not None and reason != RAW_JPEG]
     errors = [(index, reason) for index, tensor, reason in items if tensor is None]
+    raw = [(index, tensor) for index, tensor, reason in items if reason == RAW_JPEG]
     indices = torch.tensor([index for index, _ in good], dtype=torch.long)
     batch = torch.stack([tensor for _, tensor in good]) if good else torch.empty(0)
+    return indices, batch, errors, raw
+
+
+# -- decoding JPEG batches on the device ----------------------------------------------------------
+# Device types on which plain JPEGs are decoded in batches by torchvision.io.decode_jpeg (nvjpeg on
+# CUDA) instead of PIL in the workers. Anything unusual takes the PIL path (open_image), so every
+# file keeps the same outcome and the same error reason.
+DEVICE_DECODE = ("cuda",)
+RAW_JPEG = "<raw jpeg>"  # the reason slot of an item whose tensor holds undecoded JPEG bytes
+
+
+def _read_file(path: Path, image_id: str) -> bytes | None:
+    """The file's bytes, or None when it is too large to read whole (open_image then decides)."""
+    from faceattr.images import ImageError
+
+    try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            return None
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ImageError(f"{image_id}: file not found") from None
+    except OSError as exc:
+        raise ImageError(f"{image_id}: cannot read the file ({exc})") from None
+
+
+def plain_jpeg(data: bytes) -> bool:
+    """True for a complete baseline RGB or grayscale JPEG that needs no EXIF rotation.
+
+    Only those go to the batched device decoder: they decode there to the same pixels PIL gives.
+    CMYK, truncated (no end marker), rotated, oversized or odd files go through open_image, which
+    converts them or names the problem. Reads only the header.
+    """
+    from PIL import Image
+
+    if not (data.startswith(b"\xff\xd8\xff") and data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9")):
+        return False
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            return (
+                image.format == "JPEG"
+                and image.mode in ("RGB", "L")
+                and not image.info.get("progressive", False)
+                and width * height <= (Image.MAX_IMAGE_PIXELS or float("inf"))
+                and image.getexif().get(0x0112, 1) == 1
+            )
+    except Exception:  # noqa: BLE001 - any header problem: let open_image report it
+        return False
+
+
+def decode_jpeg_batch(raw, device, info: dict):
+    """Decode (index, JPEG bytes) pairs on `device`; returns (indices, normalised N x 3 x H x W, errors).
+
+    One batched decode_jpeg call; if it fails (one bad image fails the batch), each image is
+    decoded alone, and any that still fails goes through open_image on the CPU, which either
+    reads it or gives the reason for the errors file. Images not of the model's size are resized
+    (bilinear, antialiased) as the PIL path does.
+    """
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    from faceattr.images import ImageError, open_image
+
+    datas = [data for _, data in raw]
+    with warnings.catch_warnings():
+        # torchvision 0.29 marks its decoders deprecated in favour of TorchCodec; they still work.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            decoded = decode_jpeg(datas, mode=ImageReadMode.RGB, device=device)
+        except RuntimeError:
+            decoded = []
+            for data in datas:
+                try:
+                    decoded.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+                except RuntimeError:
+                    decoded.append(None)
+
+    width, height = info["image_size"]
+    transform = _transform(info)
+    pixel_indices, pixels, pil_indices, pil_images, errors = [], [], [], [], []
+    for (index, data), image in zip(raw, decoded):
+        if image is not None:
+            if tuple(image.shape[1:]) != (height, width):  # rare: not CelebA's size
+                image = torch.nn.functional.interpolate(
+                    image[None].float(), size=(height, width), mode="bilinear", antialias=True
+                )[0].round_().clamp_(0, 255).to(torch.uint8)
+            pixel_indices.append(index)
+            pixels.append(image)
+            continue
+        try:
+            pil_image = open_image(io.BytesIO(data.numpy().tobytes()), name=str(index))
+        except ImageError as exc:
+            errors.append((index, str(exc).removeprefix(f"{index}: ")))
+            continue
+        pil_indices.append(index)
+        pil_images.append(transform(pil_image))
+
+    parts = []
+    if pixels:
+        mean = torch.tensor(info["mean"], device=device).view(1, 3, 1, 1) * 255
+        scale = 1 / (torch.tensor(info["std"], device=device).view(1, 3, 1, 1) * 255)
+        parts.append((torch.stack(pixels).float() - mean) * scale)
+    if pil_images:
+        parts.append(torch.stack(pil_images).to(device))
+    indices = torch.tensor(pixel_indices + pil_indices, dtype=torch.long)
+    if not parts:
+        return indices, torch.empty(0), errors
+    batch = torch.cat(parts)
+    if device.type == "cuda":
+        batch = batch.contiguous(memory_format=torch.channels_last)
     return indices, batch, errors
 
 
