@@ -4,7 +4,7 @@
 Trains, selects and publishes the 40-attribute CelebA classifier (ResNeXt50 32x4d, MSE on ±1
 labels, Adamax, as in the write-up):
 
-download → split → train_epoch_01 → validate_epoch_01, train_epoch_02 → … → select_best → test →
+download → split → cache_images → train_epoch_01 → validate_epoch_01, train_epoch_02 → … → select_best → test →
 report → publish_model → score_private
 
 * One train and one validate task per epoch, up to `FACEATTR_MAX_EPOCHS` (set when the file is
@@ -47,6 +47,12 @@ def download(params=None, dag_run=None):
              "and records the run in the store.")
 def split(params=None, run_id=None):
     return orchestrate.split(params, run_id)
+
+
+@task(queue=GPU["queue"], doc_md="Decodes the split's images once into RUN/cache/ (uint8, memory-mapped) when "
+                                 "training reads the fast path (`data_path` cache, or auto on a GPU); otherwise a no-op.")
+def cache_images(params=None, run_id=None):
+    return orchestrate.cache_images(params, run_id)
 
 
 @task(**GPU, retries=1, retry_delay=timedelta(minutes=1))
@@ -125,7 +131,7 @@ with DAG(
         for epoch, task_id in enumerate(orchestrate.epoch_task_ids("validate_epoch", MAX_EPOCHS), start=1)
     ]
 
-    download() >> split() >> trains[0]
+    download() >> split() >> cache_images() >> trains[0]
     for k in range(MAX_EPOCHS):
         trains[k] >> validates[k]
         if k + 1 < MAX_EPOCHS:

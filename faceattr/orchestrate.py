@@ -307,6 +307,28 @@ def split(params: Mapping[str, Any], dag_run_id: str) -> dict:
     return {"run_dir": str(run_dir), **_summary(result, "train", "val", "test", "strategy", "path")}
 
 
+def cache_images(params: Mapping[str, Any], dag_run_id: str) -> dict:
+    """Decode the run's images once into RUN/cache/ when its training reads the fast path.
+
+    It runs on the GPU queue because the cache is read from the training worker's local disk; a
+    run on the PIL path ("pil", or "auto" on a CPU) needs none and returns at once.
+    """
+    from faceattr.cache import build_cache
+    from faceattr.runtime import resolve_device
+
+    config, run_dir = run_context(params, dag_run_id)
+    device = resolve_device(config.device)
+    if not (config.data_path == "cache" or (config.data_path == "auto" and device.type == "cuda")):
+        reason = f"not needed: data_path {config.data_path!r} on {device.type} decodes JPEGs per batch"
+        log.info("cache: %s", reason)
+        return {"run_dir": str(run_dir), "status": reason}
+    artifacts.pull(run_dir)
+    result = build_cache(run_dir)
+    log.info("cache: %s", {split: info["status"] for split, info in result["splits"].items()})
+    return {"run_dir": str(run_dir), "bytes": result["bytes"],
+            **{split: info["images"] for split, info in result["splits"].items()}}
+
+
 def epochs_without_gain(val_by_epoch: Mapping[int, float]) -> int:
     """Validated epochs in a row, at the end, that did not beat the best before them."""
     best, stale = -math.inf, 0

@@ -53,11 +53,12 @@ def test_train_dag_tasks_and_dependencies(dagbag):
     dag = dagbag.dags["faceattr_train"]
     trains = [f"train_epoch_{k:02d}" for k in range(1, MAX_EPOCHS + 1)]
     validates = [f"validate_epoch_{k:02d}" for k in range(1, MAX_EPOCHS + 1)]
-    assert set(dag.task_ids) == {"download", "split", *trains, *validates, "select_best", "test", "report",
+    assert set(dag.task_ids) == {"download", "split", "cache_images", *trains, *validates, "select_best", "test", "report",
                                  "publish_model", "score_private"}
     upstream = {task.task_id: set(task.upstream_task_ids) for task in dag.tasks}
     assert upstream["split"] == {"download"}
-    assert upstream["train_epoch_01"] == {"split"}
+    assert upstream["cache_images"] == {"split"}
+    assert upstream["train_epoch_01"] == {"cache_images"}
     assert upstream["train_epoch_02"] == {"train_epoch_01"}  # validate_epoch_01 may run beside it
     assert upstream["train_epoch_03"] == {"train_epoch_02", "validate_epoch_01"}
     assert all(upstream[v] == {t} for t, v in zip(trains, validates))
