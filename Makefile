@@ -6,7 +6,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.faceattr-installed
 # pip prints a warning line per package for the machine's missing local indexes; keep logs readable.
-PIP_QUIET := grep -v "is ignored: it is neither a file nor a directory" || true
+# (grep exits 1 when it filters every line; pip's own failure still fails the pipe under pipefail.)
+PIP_QUIET := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
 .PHONY: setup test run airflow bench clean
 
@@ -16,7 +17,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip 2>&1 | $(PIP_QUIET)
 	$(BIN)/python -m pip install -q -e '.[dev]' 2>&1 | $(PIP_QUIET)
-	$(BIN)/python -c "import faceattr, torch, torchvision, airflow"
+	$(BIN)/python -c "import faceattr, torch, torchvision, airflow, celery, psycopg2"
 	touch $(STAMP)
 
 test: $(STAMP)
