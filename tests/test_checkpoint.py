@@ -59,8 +59,18 @@ def test_code_carrying_pickle_is_refused_and_never_runs(tmp_path):
     assert "system" in str(caught.value)  # names what it refused
     assert not marker.exists()
 
-    # Control: the file really is malicious; an unrestricted load runs it.
-    torch.load(path, weights_only=False)
+    # Control: the file really is malicious; plain unpickling of its data.pkl runs the payload.
+    import pickle
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        data = next(name for name in archive.namelist() if name.endswith("data.pkl"))
+
+        class _Unpickler(pickle.Unpickler):  # tensors are stored beside data.pkl; none here
+            def persistent_load(self, pid):
+                return None
+
+        _Unpickler(archive.open(data)).load()
     assert marker.exists()
 
 
