@@ -253,7 +253,8 @@ def _sample_identities(rng: np.random.Generator, k: int) -> dict[str, np.ndarray
 
     chubby = _bernoulli(rng, np.where(young, np.where(male, 0.05, 0.02), np.where(male, 0.15, 0.08)), k)
     # Beard styles for men: 0 none, 1 full beard (no goatee/mustache label), 2 goatee, 3 mustache, 4 both.
-    beard = np.where(male, (rng.random((k, 1)) > np.cumsum([0.6, 0.2, 0.1, 0.05])).sum(1), 0)
+    # Goatee and mustache sit at the top of CelebA's rates (+1.5 points): they belong to few people.
+    beard = np.where(male, (rng.random((k, 1)) > np.cumsum([0.57, 0.18, 0.12, 0.07])).sum(1), 0)
     return {
         # Real identity numbers run 1..10177 in no particular order.
         "person_id": rng.choice(np.arange(1, max(10177, k) + 1), size=k, replace=False),
@@ -279,7 +280,7 @@ def _sample_identities(rng: np.random.Generator, k: int) -> dict[str, np.ndarray
         "attractive": _bernoulli(rng, np.where(male, np.where(young, 0.33, 0.15), np.where(young, 0.75, 0.45)), k),
         "pale": _bernoulli(rng, np.where(male, 0.024, 0.056), k),
         "beard": beard,
-        "sideburns": male & _bernoulli(rng, np.where(beard == 1, 0.45, 0.05), k),
+        "sideburns": male & _bernoulli(rng, np.where(beard == 1, 0.45, 0.08), k),
         # tastes: how likely this person is to wear something in a given photo
         "wears_glasses": _bernoulli(rng, 0.075, k),
         "wears_makeup": ~male & _bernoulli(rng, 0.75, k),
@@ -516,18 +517,22 @@ def _render_face(
     # Neck wear sits just under the chin, inside the part that every training crop keeps.
     if row["Wearing_Necktie"]:
         tie = ACCESSORY_RGB[rng.integers(len(ACCESSORY_RGB) - 2)]  # not white or black
-        collar = [(cx - 22, 172), (cx - 17, 160), (cx, 172), (cx + 17, 160), (cx + 22, 172), (cx, 184)]
+        collar = [(cx - 26, 172), (cx - 20, 158), (cx, 172), (cx + 20, 158), (cx + 26, 172), (cx, 186)]
         pen.polygon(collar, (240, 240, 240))
-        pen.polygon([(cx - 6, 162), (cx + 6, 162), (cx + 4, 172), (cx - 4, 172)], _shade(tie, 0.75))  # the knot
-        pen.polygon([(cx - 4, 172), (cx + 4, 172), (cx + 9, 212), (cx, 222), (cx - 9, 212)], tie)
+        pen.polygon([(cx - 8, 160), (cx + 8, 160), (cx + 6, 172), (cx - 6, 172)], _shade(tie, 0.75))  # the knot
+        pen.polygon([(cx - 6, 172), (cx + 6, 172), (cx + 12, 212), (cx, 222), (cx - 12, 212)], tie)
     if row["Wearing_Necklace"]:
         metal = ((232, 196, 70), (225, 225, 235), (250, 248, 240))[rng.integers(3)]
-        pen.dots(_oval(cx, 156, 17, 12, 10, 170, 13), metal, 2.2)
+        beads = _oval(cx, 156, 18, 13, 10, 170, 13)
+        pen.dots(beads, _shade(metal, 0.4), 3.2)  # a dark rim: pale beads show on pale skin too
+        pen.dots(beads, metal, 2.4)
 
     # Ears, then the face oval with a jaw that narrows towards the chin.
     for sign in (-1, 1):
         pen.oval(cx + sign * (fw + 2), cy + 6, 6, 12, fill=_shade(skin, 0.92))
     pen.polygon(_face_outline(fw, fh, jaw), skin)
+    if row["Bald"]:  # the scalp shines where hair would be
+        pen.oval(cx - 8, cy - fh + 14, 14, 7, fill=_mix(skin, (255, 255, 255), 0.6))
     if row["Double_Chin"]:
         pen.line(_oval(cx, cy + fh - 4, 14, 5, 20, 160, 10), _shade(skin, 0.75), 1.5)
     if row["5_o_Clock_Shadow"]:  # stubble: a stipple of dark dots over the jaw
@@ -537,7 +542,7 @@ def _render_face(
         pen.dots(stubble, _shade(skin, 0.55), 0.7)
     if row["Rosy_Cheeks"]:
         for sign in (-1, 1):
-            pen.oval(cx + sign * 24, cy + 16, 8, 5, fill=_mix(skin, (236, 70, 92), 0.75))
+            pen.oval(cx + sign * 24, cy + 16, 10, 6.5, fill=_mix(skin, (236, 70, 92), 0.9))
 
     if row["Eyeglasses"]:  # tinted lenses behind the eyes; the frames go on last, over the hair
         frame = ((16, 16, 16), (64, 38, 20), (36, 36, 64), (120, 20, 30))[rng.integers(4)]
@@ -564,10 +569,12 @@ def _render_face(
         hoops = rng.random() < 0.5
         for sign in (-1, 1):
             x = cx + sign * (fw + 3)
+            # Big enough (about 10 px) and dark-rimmed, so gold shows on blond hair and silver on grey.
             if hoops:
-                pen.oval(x, cy + 24, 4, 5, outline=metal, width=1.6)
+                pen.oval(x, cy + 25, 5.5, 7, outline=_shade(metal, 0.4), width=3.2)
+                pen.oval(x, cy + 25, 5.5, 7, outline=metal, width=1.8)
             else:
-                pen.oval(x, cy + 21, 3, 3, fill=metal)
+                pen.oval(x, cy + 22, 4.5, 4.5, fill=metal, outline=_shade(metal, 0.4), width=1.2)
 
     if row["Eyeglasses"]:
         for sign in (-1, 1):
@@ -674,7 +681,8 @@ def _draw_mouth(pen: _Pen, row, look, skin) -> None:
 
 def _draw_facial_hair(pen: _Pen, row, fw, fh, jaw, colour, skin) -> None:
     cx, cy = FACE_X, FACE_Y
-    beard_colour = _contrast(_shade(colour, 0.75), skin)
+    # Facial hair is a small cue on few people: drawn in a colour well apart from the skin.
+    beard_colour = _contrast(_shade(colour, 0.75), skin, 110)
     if not row["No_Beard"] and not (row["Goatee"] or row["Mustache"]):
         # full beard: the lower face from ear to ear around the mouth
         outer = _oval(cx, cy, fw, fh, 0, 180, 20)
@@ -685,15 +693,15 @@ def _draw_facial_hair(pen: _Pen, row, fw, fh, jaw, colour, skin) -> None:
         jaw_line = outer[outer[:, 1] > cy + 8]
         pen.polygon(np.vstack([jaw_line, [(cx - fw + 6, cy + 12)], inner, [(cx + fw - 6, cy + 12)]]), beard_colour)
     if row["Mustache"]:
-        pen.polygon([(cx - 16, cy + 30), (cx - 8, cy + 23), (cx, cy + 24), (cx + 8, cy + 23), (cx + 16, cy + 30),
+        pen.polygon([(cx - 18, cy + 31), (cx - 9, cy + 21), (cx, cy + 23), (cx + 9, cy + 21), (cx + 18, cy + 31),
                      (cx, cy + 28)], beard_colour)
     if row["Goatee"]:
-        chin = _oval(cx, cy + 41, 10, 13, 180, 0, 10)  # left to right under the lower lip
-        pen.polygon(np.vstack([[(cx - 8, cy + 37)], chin, [(cx + 8, cy + 37)]]), beard_colour)
+        chin = _oval(cx, cy + 41, 12, 15, 180, 0, 10)  # left to right under the lower lip
+        pen.polygon(np.vstack([[(cx - 10, cy + 37)], chin, [(cx + 10, cy + 37)]]), beard_colour)
     if row["Sideburns"]:
         for sign in (-1, 1):
             x = cx + sign * (fw - 3)
-            strip = [(x - 3, cy - 16), (x + 3, cy - 16), (x + 3 - sign * 2, cy + 14), (x - 3 - sign * 2, cy + 14)]
+            strip = [(x - 5, cy - 18), (x + 4, cy - 18), (x + 4 - sign * 2, cy + 18), (x - 5 - sign * 2, cy + 18)]
             pen.polygon(strip, beard_colour)
 
 
