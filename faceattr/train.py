@@ -202,6 +202,9 @@ def train_epoch(run_dir: str | Path, epoch: int, config: RunConfig, *, rank: int
     previous = _load_previous(layout, epoch, config)
 
     if previous is None:
+        if config.weights == "none" and config.freeze_children > 0:
+            log.warning("freeze_children=%d with weights 'none' freezes random layers, which then never learn; "
+                        "train from scratch with freeze_children 0", config.freeze_children)
         seed_everything(config.seed)  # the fresh head's initialisation depends on it
         model = model_from_config(config)
     else:
