@@ -693,15 +693,15 @@ def _draw_facial_hair(pen: _Pen, row, fw, fh, jaw, colour, skin) -> None:
         jaw_line = outer[outer[:, 1] > cy + 8]
         pen.polygon(np.vstack([jaw_line, [(cx - fw + 6, cy + 12)], inner, [(cx + fw - 6, cy + 12)]]), beard_colour)
     if row["Mustache"]:
-        pen.polygon([(cx - 18, cy + 31), (cx - 9, cy + 21), (cx, cy + 23), (cx + 9, cy + 21), (cx + 18, cy + 31),
+        pen.polygon([(cx - 21, cy + 32), (cx - 10, cy + 19), (cx, cy + 21), (cx + 10, cy + 19), (cx + 21, cy + 32),
                      (cx, cy + 28)], beard_colour)
     if row["Goatee"]:
-        chin = _oval(cx, cy + 41, 12, 15, 180, 0, 10)  # left to right under the lower lip
-        pen.polygon(np.vstack([[(cx - 10, cy + 37)], chin, [(cx + 10, cy + 37)]]), beard_colour)
+        chin = _oval(cx, cy + 42, 14, 18, 180, 0, 10)  # left to right under the lower lip, past the chin
+        pen.polygon(np.vstack([[(cx - 12, cy + 37)], chin, [(cx + 12, cy + 37)]]), beard_colour)
     if row["Sideburns"]:
         for sign in (-1, 1):
             x = cx + sign * (fw - 3)
-            strip = [(x - 5, cy - 18), (x + 4, cy - 18), (x + 4 - sign * 2, cy + 18), (x - 5 - sign * 2, cy + 18)]
+            strip = [(x - 5, cy - 22), (x + 5, cy - 22), (x + 5 - sign * 3, cy + 22), (x - 5 - sign * 3, cy + 22)]
             pen.polygon(strip, beard_colour)
 
 
