@@ -27,9 +27,10 @@ from pathlib import Path
 # random network must train every layer: freezing the first 6 children would freeze random
 # filters. Batch 16 gives ~100 steps an epoch on 1,600 images; the write-up's MSE loss and Adamax
 # lr 1e-3. Measured alternatives on 2,000 images, 3 epochs: batch 8 (slower per image, no better
-# per epoch), lr 2e-3 with a cosine schedule (-4 points after 2 epochs), BCE with positive
-# weights (far behind after 3 epochs). Thresholds are tuned on validation: after 3 epochs the
-# model ranks the rare attributes well (AUC 0.9+) but their scores seldom cross 0.
+# per epoch), lr 2e-3 with a cosine schedule (2.7 points behind after 2 epochs), BCE with
+# positive weights (4.4 points behind after 3 epochs, even with tuned thresholds). Thresholds are
+# tuned on validation: after 3 epochs the model ranks rare attributes well (AUC ~0.9) while their
+# scores seldom cross 0.
 RECIPE = [
     "--arch", "resnet18", "--weights", "none", "--freeze-children", "0", "--device", "cpu",
     "--batch-size", "16", "--lr", "0.001", "--tune-thresholds",
