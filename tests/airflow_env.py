@@ -6,10 +6,15 @@ is a SQLite file in a temporary AIRFLOW_HOME, migrated by `airflow db migrate` i
 """
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,3 +70,53 @@ def migrate(home: Path, env: dict[str, str] | None = None) -> None:
     if done.returncode != 0:
         raise RuntimeError(f"airflow db migrate failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
     marker.touch()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class AirflowClient:
+    """A small client for a running api-server's REST API, shared by the scheduler and Celery tests.
+
+    Subclasses set `url`, `token` (None until login), `processes` (name -> Popen of the running
+    services) and define `logs()`, which failures quote.
+    """
+
+    url: str
+    token: str | None
+    processes: dict[str, subprocess.Popen]
+
+    def logs(self) -> str:
+        raise NotImplementedError
+
+    def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+        headers = {"Content-Type": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + path, data=data, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"{}")
+
+    def wait_for(self, what: str, check, timeout: float, every: float = 2.0):
+        """Poll check() until truthy; fail with the services' logs when a service dies or time runs out."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for name, process in self.processes.items():
+                if process.poll() is not None:
+                    raise AssertionError(f"{name} exited with {process.returncode} while waiting for {what}\n"
+                                         + self.logs())
+            try:
+                result = check()
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                result = None
+            if result:
+                return result
+            time.sleep(every)
+        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n" + self.logs())

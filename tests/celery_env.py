@@ -16,15 +16,12 @@ import secrets
 import signal
 import socket
 import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-AIRFLOW = Path(sys.executable).with_name("airflow")
+from airflow_env import AIRFLOW, REPO, AirflowClient, free_port
+
 PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, os.environ.get("FACEATTR_TEST_PG_USER", "postgres")
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 REDIS_DB = int(os.environ.get("FACEATTR_TEST_REDIS_DB", "7"))
@@ -46,12 +43,6 @@ def services_missing() -> list[str]:
     if not reachable(REDIS_HOST, REDIS_PORT):
         missing.append(f"Redis on {REDIS_HOST}:{REDIS_PORT}")
     return missing
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def pg_url(database: str, driver: str = "postgresql+psycopg2") -> str:
@@ -137,7 +128,7 @@ def write_config(path: Path, *, home: Path, database: str, port: int) -> Path:
     return path
 
 
-class Cluster:
+class Cluster(AirflowClient):
     """The running services, a REST client for the api-server and helpers to stop and restart workers."""
 
     CORE = {
@@ -259,35 +250,6 @@ class Cluster:
         return "\n".join(parts)
 
     # -- REST API -----------------------------------------------------------------------------
-    def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
-        headers = {"Content-Type": "application/json"}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.url + path, data=data, headers=headers, method=method)
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return response.status, json.loads(response.read() or b"{}")
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read() or b"{}")
-
-    def wait_for(self, what: str, check, timeout: float, every: float = 2.0):
-        """Poll check() until truthy; raise with the services' logs when a service dies or time runs out."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for name, process in self.processes.items():
-                if process.poll() is not None:
-                    raise AssertionError(f"{name} exited with {process.returncode} while waiting for {what}\n"
-                                         + self.logs())
-            try:
-                result = check()
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                result = None
-            if result:
-                return result
-            time.sleep(every)
-        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n" + self.logs())
-
     def login(self) -> None:
         self.wait_for("the api-server", lambda: self.request("GET", "/api/v2/monitor/health")[0] == 200,
                       timeout=180)

@@ -11,17 +11,14 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from airflow_env import AIRFLOW, REPO, airflow_environ, migrate, synthetic_source
+from airflow_env import AIRFLOW, REPO, AirflowClient, airflow_environ, free_port, migrate, synthetic_source
 
 pytestmark = pytest.mark.slow
 
@@ -32,13 +29,7 @@ SERVICES = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Airflow:
+class Airflow(AirflowClient):
     """Running Airflow components and a small client for their REST API."""
 
     def __init__(self, home: Path, env: dict[str, str], port: int, password: str):
@@ -73,35 +64,6 @@ class Airflow:
             text = (self.home / f"{name}.log").read_text(errors="replace")
             parts.append(f"----- {name} (last 4000 characters) -----\n{text[-4000:]}")
         return "\n".join(parts)
-
-    def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
-        headers = {"Content-Type": "application/json"}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.url + path, data=data, headers=headers, method=method)
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return response.status, json.loads(response.read() or b"{}")
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read() or b"{}")
-
-    def wait_for(self, what: str, check, timeout: float, every: float = 2.0):
-        """Poll check() until it returns a truthy value; fail with the services' logs after `timeout`."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for name, process in self.processes.items():
-                if process.poll() is not None:
-                    pytest.fail(f"airflow {name} exited with {process.returncode} while waiting for {what}\n"
-                                + self.logs())
-            try:
-                result = check()
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                result = None
-            if result:
-                return result
-            time.sleep(every)
-        pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n" + self.logs())
 
 
 @pytest.fixture(scope="module")
