@@ -19,6 +19,7 @@ CONFIG_FILE = "config.json"
 
 SPLIT_STRATEGIES = ("random", "official", "identity")
 LOSSES = ("mse", "bce")
+POS_WEIGHTS = ("none", "sqrt", "full")
 OPTIMIZERS = ("adamax", "adamw")
 SCHEDULES = ("none", "cosine", "step")
 DEVICES_HINT = "auto, cpu, cuda or cuda:N"
@@ -60,9 +61,13 @@ class RunConfig:
     optimizer: str = field(default="adamax", metadata=_choice(*OPTIMIZERS))
     schedule: str = field(default="none", metadata=_choice(*SCHEDULES))
     loss: str = field(default="mse", metadata=_choice(*LOSSES))
-    pos_weight: bool = False  # weight positives per attribute by negatives/positives (bce only)
+    # Weight each attribute's positives by its negatives/positives ratio ("full") or that ratio's
+    # square root ("sqrt"), so rare attributes are not drowned by their negatives.
+    pos_weight: str = field(default="none", metadata=_choice(*POS_WEIGHTS))
     tune_thresholds: bool = False  # per-attribute thresholds chosen on validation
     patience: int = field(default=0, metadata={"min": 0})  # 0: no early stopping
+    # After each epoch, recompute BatchNorm statistics on this many unaugmented train images (0: off)
+    recalibrate_bn: int = field(default=0, metadata={"min": 0})
     # execution
     device: str = "auto"
     num_workers: int = field(default=-1, metadata={"min": -1})  # -1: one per core, at most 8
@@ -72,8 +77,6 @@ class RunConfig:
     def __post_init__(self) -> None:
         for f in fields(self):
             _check_field(f, getattr(self, f.name))
-        if self.pos_weight and self.loss != "bce":
-            raise ConfigError("pos_weight: only applies to loss 'bce'")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"device: {self.device!r} is not one of {DEVICES_HINT}")
 
@@ -83,6 +86,8 @@ class RunConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: expected a JSON object, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
+        if isinstance(data.get("pos_weight"), bool):  # configs written before "sqrt" existed
+            data = {**data, "pos_weight": "full" if data["pos_weight"] else "none"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"{source}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")

@@ -104,7 +104,7 @@ _SECTIONS = {
     "Data": ("source", "root", "split", "seed"),
     "Model": ("arch", "weights", "freeze_children", "loss"),
     "Training": ("epochs", "batch_size", "lr", "weight_decay", "optimizer", "schedule", "patience",
-                 "pos_weight", "tune_thresholds"),
+                 "pos_weight", "tune_thresholds", "recalibrate_bn"),
     "Execution": ("device", "num_workers", "data_path", "compile"),
     "Outputs": ("output", "private_images"),
 }
@@ -126,8 +126,11 @@ _DESCRIPTIONS = {
     "optimizer": "adamax (the write-up) or adamw.",
     "schedule": "Learning-rate schedule over the epochs.",
     "patience": "Stop after this many validated epochs without a better validation mean accuracy (0: never).",
-    "pos_weight": "bce only: weight positives by negatives/positives per attribute.",
+    "pos_weight": "Weight each attribute's positives by its negatives/positives ratio (full) or its square root "
+                  "(sqrt), for rare attributes; none: the write-up's unweighted loss.",
     "tune_thresholds": "Choose per-attribute thresholds on validation instead of 0.",
+    "recalibrate_bn": "After each epoch, recompute BatchNorm statistics on this many unaugmented train images "
+                      "(0: off). Fits them to evaluation's unzoomed images; costs a forward pass over them.",
     "device": "auto (CUDA when available), cpu, cuda or cuda:N.",
     "num_workers": "DataLoader workers; -1: one per core, at most 8.",
     "data_path": "How images are read: auto, pil (decode each epoch) or cache (decoded once).",

@@ -28,41 +28,49 @@ class AttributeLoss(nn.Module):
     """The training loss on -1/+1 targets; an output >= 0 means "attribute present" for both kinds.
 
     "mse": the write-up's MSE between the raw outputs and the -1/+1 labels.
-    "bce": BCEWithLogits on {0, 1} targets, optionally weighting each attribute's positives by
-    `pos_weight` (negatives / positives), for rare attributes.
+    "bce": BCEWithLogits on {0, 1} targets.
+    `pos_weight` (one factor per attribute) multiplies the loss of each positive label, so that a
+    rare attribute's few positives are not drowned by its negatives.
     """
 
     def __init__(self, kind: str = "mse", pos_weight: torch.Tensor | None = None):
         super().__init__()
         if kind not in ("mse", "bce"):
             raise ValueError(f"loss: {kind!r} is not one of mse, bce")
-        if pos_weight is not None and kind != "bce":
-            raise ValueError("pos_weight: only applies to loss 'bce'")
         self.kind = kind
         self.register_buffer("pos_weight", pos_weight)
 
     def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         outputs = outputs.float()  # under bf16 autocast, compute the loss in fp32
-        if self.kind == "mse":
+        if self.kind == "bce":
+            return nn.functional.binary_cross_entropy_with_logits(outputs, (targets + 1) / 2, pos_weight=self.pos_weight)
+        if self.pos_weight is None:
             return nn.functional.mse_loss(outputs, targets)
-        return nn.functional.binary_cross_entropy_with_logits(outputs, (targets + 1) / 2, pos_weight=self.pos_weight)
+        weights = torch.where(targets > 0, self.pos_weight, torch.ones_like(self.pos_weight))
+        return (weights * (outputs - targets) ** 2).mean()
 
 
-def positive_weights(labels: np.ndarray) -> torch.Tensor:
-    """Per attribute, negatives / positives in an N x 40 array of -1/+1 (an absent class counts as 1)."""
+def positive_weights(labels: np.ndarray, mode: str = "full") -> torch.Tensor:
+    """Per attribute, negatives / positives in an N x 40 array of -1/+1, or its square root for "sqrt".
+
+    An attribute without positives is divided by 1, not 0.
+    """
+    if mode not in ("full", "sqrt"):
+        raise ValueError(f"pos_weight: {mode!r} is not one of full, sqrt")
     labels = np.asarray(labels)
     positives = (labels == 1).sum(axis=0)
     negatives = (labels == -1).sum(axis=0)
-    return torch.as_tensor(negatives / np.maximum(positives, 1), dtype=torch.float32)
+    ratio = negatives / np.maximum(positives, 1)
+    return torch.as_tensor(np.sqrt(ratio) if mode == "sqrt" else ratio, dtype=torch.float32)
 
 
 def make_loss(config: RunConfig, train_labels: np.ndarray | None = None) -> AttributeLoss:
     """The loss `config` asks for; `train_labels` (N x 40, -1/+1) are needed for pos_weight."""
     weights = None
-    if config.pos_weight:
+    if config.pos_weight != "none":
         if train_labels is None:
             raise ValueError("pos_weight: needs the train split's labels")
-        weights = positive_weights(train_labels)
+        weights = positive_weights(train_labels, config.pos_weight)
     return AttributeLoss(config.loss, weights)
 
 
@@ -151,6 +159,43 @@ def train_one_epoch(
         "seconds": seconds,
         "images_per_second": seen / seconds if seconds > 0 else 0.0,
     }
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, loader, device: torch.device, max_images: int) -> int:
+    """Recompute every BatchNorm layer's running mean and variance on up to `max_images` images.
+
+    Training sees images zoomed by the augmentation (resize to 220x270, crop 178x218) while
+    evaluation sees them unzoomed; running statistics gathered during training also trail the
+    weights. Averaging the statistics afresh, with the final weights, over images prepared as
+    evaluation prepares them (`loader`: unaugmented) fits the BatchNorm layers to what they will
+    score ("precise BN"; Touvron et al. 2019 adapt BatchNorm to the test resolution the same way).
+    Weights are not touched. Returns the number of images used; 0 when the model has no BatchNorm.
+    """
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not layers or max_images <= 0:
+        return 0
+    was_training = model.training
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None  # None: a cumulative average over all batches seen
+    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    model.train()
+    seen = 0
+    try:
+        for images, _ in loader:
+            images = images[: max_images - seen].to(device, non_blocking=True, memory_format=memory_format)
+            with autocast(device):
+                model(images)
+            seen += images.shape[0]
+            if seen >= max_images:
+                break
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+        model.train(was_training)
+    return seen
 
 
 # -- one epoch of a run -------------------------------------------------------------------------
@@ -242,6 +287,13 @@ def train_epoch(run_dir: str | Path, epoch: int, config: RunConfig, *, rank: int
         raise RuntimeError(f"epoch {epoch}: training diverged (mean loss {stats['loss']}); try a lower lr than {lr:g}")
     if scheduler is not None:
         scheduler.step()
+    if config.recalibrate_bn > 0 and rank == 0:  # rank 0's model is the one saved
+        start = time.perf_counter()
+        plain = make_loader(run_dir, config, "train", train=False, device=device)
+        used = recalibrate_batchnorm(model, plain, device, config.recalibrate_bn)
+        stats["bn_recalibration_images"] = used
+        log.info("epoch %d: BatchNorm statistics recomputed on %d unaugmented train images (%.0f s)",
+                 epoch, used, time.perf_counter() - start)
 
     checkpoint = {
         "model": model.state_dict(),  # the uncompiled module's keys

@@ -13,6 +13,8 @@ def test_defaults_are_the_write_up_recipe():
     assert (config.arch, config.freeze_children, config.loss, config.optimizer, config.epochs) == (
         "resnext50_32x4d", 6, "mse", "adamax", 12,
     )
+    # The write-up weighs every label alike and keeps the BatchNorm statistics gathered in training.
+    assert (config.pos_weight, config.recalibrate_bn, config.tune_thresholds) == ("none", 0, False)
 
 
 @pytest.mark.parametrize(
@@ -23,6 +25,8 @@ def test_defaults_are_the_write_up_recipe():
         ("loss", "l1", "loss: 'l1' is not one of mse, bce"),
         ("batch_size", "64", "batch_size: expected int"),
         ("tune_thresholds", 1, "tune_thresholds: expected bool"),
+        ("pos_weight", "half", "pos_weight: 'half' is not one of none, sqrt, full"),
+        ("recalibrate_bn", -1, "recalibrate_bn: -1 is below the minimum 0"),
         ("device", "tpu", "device: 'tpu'"),
     ],
 )

@@ -74,13 +74,27 @@ def test_bce_loss_uses_01_targets_and_pos_weight():
     assert torch.allclose(AttributeLoss("bce", weights)(outputs, targets), weighted, atol=1e-5)
 
 
-def test_loss_rejects_unknown_kind_and_pos_weight_for_mse():
+def test_mse_loss_weights_positive_labels_only():
+    outputs, targets = _outputs_and_targets()
+    weights = torch.linspace(0.5, 5.0, 40)
+    expected = (torch.where(targets > 0, weights, torch.ones(40)) * (outputs - targets) ** 2).mean()
+    assert torch.allclose(AttributeLoss("mse", weights)(outputs, targets), expected)
+    # Weights of 1 are the plain loss.
+    assert torch.allclose(AttributeLoss("mse", torch.ones(40))(outputs, targets), AttributeLoss("mse")(outputs, targets))
+
+
+def test_loss_and_config_reject_unknown_kinds():
     with pytest.raises(ValueError, match="loss"):
         AttributeLoss("l1")
-    with pytest.raises(ValueError, match="pos_weight"):
-        AttributeLoss("mse", torch.ones(40))
     with pytest.raises(ConfigError, match="pos_weight"):
-        RunConfig(loss="mse", pos_weight=True)
+        RunConfig(pos_weight="half")
+    with pytest.raises(ValueError, match="pos_weight"):
+        positive_weights(np.ones((2, 40)), "half")
+
+
+def test_old_boolean_pos_weight_configs_still_load():
+    assert RunConfig.from_dict({"loss": "bce", "pos_weight": True}).pos_weight == "full"
+    assert RunConfig.from_dict({"pos_weight": False}).pos_weight == "none"
 
 
 def test_positive_weights_are_negatives_over_positives():
@@ -94,6 +108,7 @@ def test_positive_weights_are_negatives_over_positives():
     assert weights[1].item() == pytest.approx(1.0)
     assert weights[2].item() == 0.0
     assert weights[3].item() == pytest.approx(10.0)  # no positives: divided by 1, not by 0
+    assert torch.allclose(positive_weights(labels, "sqrt"), weights.sqrt())
 
 
 def test_make_loss_follows_the_config():
@@ -102,10 +117,12 @@ def test_make_loss_follows_the_config():
     assert make_loss(RunConfig()).pos_weight is None
     bce = make_loss(RunConfig(loss="bce"), labels)
     assert bce.kind == "bce" and bce.pos_weight is None
-    weighted = make_loss(RunConfig(loss="bce", pos_weight=True), labels)
+    weighted = make_loss(RunConfig(loss="bce", pos_weight="full"), labels)
     assert torch.equal(weighted.pos_weight, positive_weights(labels))
+    gentle = make_loss(RunConfig(pos_weight="sqrt"), labels)
+    assert gentle.kind == "mse" and torch.equal(gentle.pos_weight, positive_weights(labels, "sqrt"))
     with pytest.raises(ValueError, match="train split"):
-        make_loss(RunConfig(loss="bce", pos_weight=True))
+        make_loss(RunConfig(loss="bce", pos_weight="full"))
 
 
 # -- optimizer and schedule ---------------------------------------------------------------------
@@ -181,6 +198,31 @@ def test_train_one_epoch_updates_the_model():
     with torch.no_grad():
         after = ((model(images) - targets) ** 2).mean().item()
     assert after < before["loss"]
+
+
+# -- BatchNorm recalibration --------------------------------------------------------------------
+def test_recalibrate_batchnorm_averages_fresh_statistics_and_restores_the_layer():
+    from faceattr.train import recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.BatchNorm2d(3), torch.nn.Conv2d(3, 2, 1))
+    model.eval()
+    batches = [(torch.randn(4, 3, 5, 5) * 3 + 7, torch.zeros(4, 40)) for _ in range(3)]
+    weight = model[1].weight.clone()
+    used = recalibrate_batchnorm(model, batches, torch.device("cpu"), max_images=8)
+    assert used == 8  # two whole batches; the third is never read
+    seen = torch.cat([images for images, _ in batches[:2]])
+    bn = model[0]
+    assert torch.allclose(bn.running_mean, seen.mean(dim=(0, 2, 3)), atol=1e-5)
+    per_batch_var = torch.stack([images.var(dim=(0, 2, 3)) for images, _ in batches[:2]])  # unbiased, as BatchNorm
+    assert torch.allclose(bn.running_var, per_batch_var.mean(dim=0), atol=1e-4)
+    assert bn.momentum == 0.1 and not model.training  # left as found
+    assert torch.equal(model[1].weight, weight)
+    # The last batch is cut to the images asked for (and, as in BatchNorm, each batch counts once).
+    assert recalibrate_batchnorm(model, batches, torch.device("cpu"), max_images=6) == 6
+    means = [batches[0][0].mean(dim=(0, 2, 3)), batches[1][0][:2].mean(dim=(0, 2, 3))]
+    assert torch.allclose(bn.running_mean, (means[0] + means[1]) / 2, atol=1e-5)
+    assert recalibrate_batchnorm(torch.nn.Linear(3, 2), batches, torch.device("cpu"), max_images=8) == 0
 
 
 # -- epochs of a tiny run -----------------------------------------------------------------------
@@ -291,3 +333,36 @@ def test_an_epoch_without_its_previous_checkpoint_is_a_clear_error(tiny_run, tmp
         train_epoch(other, 3, config)
     with pytest.raises(ValueError, match="epoch"):
         train_epoch(other, 0, config)
+
+
+def test_an_epoch_with_recalibrate_bn_saves_statistics_of_unaugmented_images(tiny_run, tmp_path):
+    import shutil
+
+    from faceattr.data import make_loader
+    from faceattr.model import build_model
+    from faceattr.train import recalibrate_batchnorm
+
+    run, config = tiny_run
+    if not (run / "checkpoints" / "epoch_1.pt").exists():
+        train_epoch(run, 1, config)
+    plain = _load(run / "checkpoints" / "epoch_1.pt")["model"]
+    other = tmp_path / "run"
+    other.mkdir()
+    shutil.copy(run / "split.csv", other / "split.csv")
+    recalibrated = config.replace(recalibrate_bn=40)
+    recalibrated.save(other)
+
+    result = train_epoch(other, 1, recalibrated)
+    assert result["bn_recalibration_images"] == 40
+    saved = _load(other / "checkpoints" / "epoch_1.pt")["model"]
+    # The same training (weights equal) but other running statistics ...
+    assert torch.equal(saved["conv1.weight"], plain["conv1.weight"]) and torch.equal(saved["fc.weight"], plain["fc.weight"])
+    assert not torch.allclose(saved["bn1.running_mean"], plain["bn1.running_mean"])
+    # ... namely the ones a fresh pass over the first 40 unaugmented train images gives.
+    model = build_model("resnet18", weights="none", freeze_children=0)
+    model.load_state_dict(saved)
+    loader = make_loader(other, recalibrated, "train", train=False, device=torch.device("cpu"))
+    recalibrate_batchnorm(model, loader, torch.device("cpu"), 40)
+    for key, value in model.state_dict().items():
+        if "running_" in key:
+            assert torch.allclose(value, saved[key], rtol=1e-4, atol=1e-5), key
