@@ -263,6 +263,8 @@ def evaluate_epoch(run_dir: str | Path, epoch: int | str, split: str, device: st
         "images_per_second": round(len(scores) / seconds, 2) if seconds > 0 else None,
     }
     if split == "val" and config.tune_thresholds:
+        # What this epoch would score on validation once select_best tunes its thresholds there.
+        result["mean_accuracy_tuned"] = float(get_accuracy(scores, labels, tune_thresholds(scores, labels))[1])
         with atomic_path(scores_path(run_dir, split, epoch)) as tmp, open(tmp, "wb") as handle:
             np.savez(handle, scores=scores, labels=labels)
     write_json(layout.metrics(split, epoch), result)
@@ -273,6 +275,9 @@ def evaluate_epoch(run_dir: str | Path, epoch: int | str, split: str, device: st
 
 def select_best(run_dir: str | Path) -> dict:
     """Pick the epoch with the highest validation mean accuracy (ties: the earlier one).
+
+    With config.tune_thresholds, epochs are compared by that accuracy after tuning each epoch's
+    thresholds on validation, since the exported model is used with tuned thresholds.
 
     Every trained epoch must have its val metrics. Writes RUN/model.pt (the inference artifact,
     thresholds tuned on validation when config.tune_thresholds, else 0) and then RUN/best.json.
@@ -291,14 +296,21 @@ def select_best(run_dir: str | Path) -> dict:
             f"{layout.root / 'metrics'}: no validation metrics for epoch(s) {', '.join(map(str, unscored))}; "
             f"run 'faceattr evaluate --run {run_dir} --epoch K --split val' for each"
         )
+    # With tuned thresholds the exported model is scored with them, so epochs are compared tuned.
+    key = "mean_accuracy_tuned" if config.tune_thresholds else "mean_accuracy"
     val_by_epoch: dict[int, float] = {}
+    ranked_by: dict[int, float] = {}
     for k in trained:
         path = layout.metrics("val", k)
         metrics = read_json(path)
         if metrics.get("epoch") != k or metrics.get("split") != "val" or "mean_accuracy" not in metrics:
             raise ValueError(f"{path}: not the validation metrics of epoch {k}")
+        if key not in metrics:
+            raise ValueError(f"{path}: no {key} (scored before tune_thresholds was set?); "
+                             f"re-run 'faceattr evaluate --run {run_dir} --epoch {k} --split val'")
         val_by_epoch[k] = float(metrics["mean_accuracy"])
-    best_epoch = max(trained, key=lambda k: (val_by_epoch[k], -k))  # ties -> earlier epoch
+        ranked_by[k] = float(metrics[key])
+    best_epoch = max(trained, key=lambda k: (ranked_by[k], -k))  # ties -> earlier epoch
 
     if config.tune_thresholds:
         npz = scores_path(run_dir, "val", best_epoch)

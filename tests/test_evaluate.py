@@ -242,6 +242,28 @@ def test_tuned_thresholds_go_into_model_pt_and_the_test(base_run, tmp_path):
     assert [test["attributes"][n]["threshold"] for n in ATTRIBUTES] == pytest.approx(thresholds.tolist())
 
 
+def test_with_tuned_thresholds_epochs_are_ranked_by_their_tuned_accuracy(base_run, tmp_path):
+    run, config = _copy_run(base_run, tmp_path / "ranked", tune_thresholds=True)
+    layout = RunLayout(run)
+    majority = _train_majority(run)
+    for epoch, bias in ((1, majority), (2, -majority)):
+        save_checkpoint(_bias_only_checkpoint(config, epoch, bias), layout.checkpoint(epoch))
+    first, second = (evaluate_epoch(run, epoch, "val") for epoch in (1, 2))
+    # A constant score is tuned into whichever constant answer fits validation best: both tie.
+    assert second["mean_accuracy"] < first["mean_accuracy"]
+    assert second["mean_accuracy_tuned"] == pytest.approx(first["mean_accuracy_tuned"])
+    assert select_best(run)["epoch"] == 1
+    # Epoch 2 ahead once tuned (as if its scores ranked the images better) wins despite its raw accuracy.
+    path = layout.metrics("val", 2)
+    path.write_text(json.dumps({**second, "mean_accuracy_tuned": first["mean_accuracy_tuned"] + 0.01}))
+    best = select_best(run)
+    assert best["epoch"] == 2 and best["val_mean_accuracy"] == second["mean_accuracy"]
+    # Metrics written before tune_thresholds was set cannot be ranked that way.
+    path.write_text(json.dumps({k: v for k, v in second.items() if k != "mean_accuracy_tuned"}))
+    with pytest.raises(ValueError, match="val_epoch_2.json: no mean_accuracy_tuned"):
+        select_best(run)
+
+
 def test_evaluate_and_select_errors_name_what_is_missing(base_run, tmp_path):
     run, config = _copy_run(base_run, tmp_path / "errors")
     with pytest.raises(FileNotFoundError, match="epoch_4.pt: checkpoint not found"):
