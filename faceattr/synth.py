@@ -76,7 +76,7 @@ DRAWN_ATTRIBUTES: tuple[str, ...] = (
 WIDTH, HEIGHT = 178, 218
 JPEG_QUALITY = 90
 MAX_IMAGES = 999_999  # file names have six digits
-IMAGES_PER_IDENTITY = 4  # real CelebA has ~20; fewer gives small sets more people (and keeps them identity-splittable)
+IMAGES_PER_IDENTITY = 8  # real CelebA has ~20; fewer keeps small sets identity-splittable
 PARTITION_SHARES = (0.81, 0.10, 0.09)  # official train / val / test proportions
 ZIP_TIMESTAMP = (1980, 1, 1, 0, 0, 0)  # fixed, so the zip's bytes depend only on the seed
 
@@ -281,7 +281,7 @@ def _sample_identities(rng: np.random.Generator, k: int) -> dict[str, np.ndarray
         "attractive": _bernoulli(rng, np.where(male, np.where(young, 0.33, 0.15), np.where(young, 0.75, 0.45)), k),
         "pale": _bernoulli(rng, np.where(male, 0.04, 0.08), k),
         "beard": beard,
-        "sideburns": male & _bernoulli(rng, np.where(beard == 1, 0.5, 0.12), k),
+        "sideburns": male & _bernoulli(rng, np.where(beard == 1, 0.5, 0.1), k),
         # tastes: how likely this person is to wear something in a given photo
         "wears_glasses": _bernoulli(rng, 0.095, k),
         "wears_makeup": ~male & _bernoulli(rng, 0.75, k),
