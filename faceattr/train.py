@@ -287,7 +287,9 @@ def train_epoch(run_dir: str | Path, epoch: int, config: RunConfig, *, rank: int
         raise RuntimeError(f"epoch {epoch}: training diverged (mean loss {stats['loss']}); try a lower lr than {lr:g}")
     if scheduler is not None:
         scheduler.step()
-    if config.recalibrate_bn > 0 and rank == 0:  # rank 0's model is the one saved
+    if config.recalibrate_bn > 0:
+        # On every DDP rank, over the same images: on CUDA the layers are SyncBatchNorm, whose
+        # forward pass needs all ranks; rank 0's result is the one saved.
         start = time.perf_counter()
         plain = make_loader(run_dir, config, "train", train=False, device=device)
         used = recalibrate_batchnorm(model, plain, device, config.recalibrate_bn)

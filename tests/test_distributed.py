@@ -114,8 +114,9 @@ def runs(small_root, tmp_path_factory):
 
     torch.set_num_threads(2)
     # Only the head trains (freeze_children=9 of resnet18's 10 children): a small, clear signal.
+    # BatchNorm statistics are recalibrated afterwards (on every rank) over all train images.
     config = RunConfig(root=str(small_root), arch="resnet18", weights="none", freeze_children=9, epochs=1,
-                       batch_size=16, lr=0.01, seed=4, device="cpu", num_workers=0)
+                       batch_size=16, lr=0.01, seed=4, device="cpu", num_workers=0, recalibrate_bn=1000)
     out = {}
     for name, size in (("single", 1), ("ddp", 2)):
         run_dir = tmp_path_factory.mktemp(f"run-{name}")
@@ -155,6 +156,10 @@ def test_ddp_epoch_matches_single_process(runs):
               and "running_" not in k]
     for key in frozen:
         assert torch.equal(ddp["weights"][key], single["weights"][key]), key
+    # Recalibrated on the same unaugmented images through the same frozen layers: the same statistics.
+    assert ddp["metrics"]["bn_recalibration_images"] == single["metrics"]["bn_recalibration_images"] > 0
+    for key in (k for k in runs["initial"] if "running_" in k):
+        assert torch.allclose(ddp["weights"][key], single["weights"][key], rtol=1e-4, atol=1e-5), key
 
     want, got = _update(runs, "single"), _update(runs, "ddp")
     assert want.norm() > 0, "the single-process epoch did not train the head"
