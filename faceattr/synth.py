@@ -254,7 +254,7 @@ def _sample_identities(rng: np.random.Generator, k: int) -> dict[str, np.ndarray
 
     chubby = _bernoulli(rng, np.where(young, np.where(male, 0.05, 0.02), np.where(male, 0.15, 0.08)), k)
     # Beard styles for men: 0 none, 1 full beard (no goatee/mustache label), 2 goatee, 3 mustache, 4 both.
-    # Goatee and mustache sit at the top of CelebA's rates (+1.5 points): they belong to few people.
+    # Goatee and mustache near the top of CelebA's rates (see the module docstring): they belong to few people.
     beard = np.where(male, (rng.random((k, 1)) > np.cumsum([0.57, 0.18, 0.12, 0.07])).sum(1), 0)
     return {
         # Real identity numbers run 1..10177 in no particular order.
