@@ -22,6 +22,9 @@ almost never on men; smiling opens the mouth). Rare drawn attributes (2-9 % of i
 2.5 points above CelebA's rates, so that 2,000 images hold enough of each to learn. Faces sit
 where aligned CelebA faces sit (eyes at y ~ 108, centred), and the cues stay in the part of the
 image that the training augmentation (resize to 220x270, random crop 178x218) always keeps.
+Cues that a small model trained for minutes would otherwise miss or mix up are drawn boldly: a
+smile lifts the corners of the mouth and creases the cheeks even with the lips closed, earrings
+are 14-18 px, gray hair is flecked salt-and-pepper while a bald scalp shines.
 
 DRAWN_ATTRIBUTES lists the attributes drawn plainly enough for a small model to learn. Some others
 are drawn subtly (Chubby, Double_Chin, Big_Lips, Big_Nose, Pointy_Nose, Bushy_Eyebrows,
@@ -83,6 +86,12 @@ ZIP_TIMESTAMP = (1980, 1, 1, 0, 0, 0)  # fixed, so the zip's bytes depend only o
 # Pixel coordinates relative to the image centre, for the lighting ramp.
 _PIXEL_GRID = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
 _PIXEL_GRID -= np.array([HEIGHT / 2, WIDTH / 2], np.float32)[:, None, None]
+
+# Gray hair's flecks: the same 60 (angle, radius) spots on every crown.
+GRAY_FLECKS = (
+    np.radians(np.random.default_rng(0).uniform(205, 335, 60)),
+    np.random.default_rng(1).uniform(0.72, 0.96, 60),
+)
 
 NOISE_SHAPE = (HEIGHT + 64, WIDTH + 64, 3)
 SUPERSAMPLE = 2  # draw at twice the size and downsample: cheap anti-aliasing
@@ -526,16 +535,16 @@ def _render_face(
     if row["Wearing_Necklace"]:
         metal = ((232, 196, 70), (225, 225, 235), (250, 248, 240))[rng.integers(3)]
         beads = _oval(cx, 156, 18, 13, 10, 170, 13)
-        pen.dots(beads, _shade(metal, 0.4), 3.2)  # a dark rim: pale beads show on pale skin too
-        pen.dots(beads, metal, 2.4)
+        pen.dots(beads, _shade(metal, 0.4), 3.8)  # a dark rim: pale beads show on pale skin too
+        pen.dots(beads, metal, 2.9)
 
     # Ears, then the face oval with a jaw that narrows towards the chin.
     for sign in (-1, 1):
         pen.oval(cx + sign * (fw + 2), cy + 6, 6, 12, fill=_shade(skin, 0.92))
     pen.polygon(_face_outline(fw, fh, jaw), skin)
     if row["Bald"]:  # the scalp shines where hair would be: no hair colour is this bright
-        pen.oval(cx - 8, cy - fh + 14, 17, 8, fill=_mix(skin, (255, 255, 255), 0.6))
-        pen.oval(cx - 10, cy - fh + 13, 9, 4, fill=(255, 255, 252))
+        pen.oval(cx - 6, cy - fh + 15, 24, 11, fill=_mix(skin, (255, 255, 255), 0.6))
+        pen.oval(cx - 9, cy - fh + 13, 13, 5, fill=(255, 255, 252))
     if row["Double_Chin"]:
         pen.line(_oval(cx, cy + fh - 4, 14, 5, 20, 160, 10), _shade(skin, 0.75), 1.5)
     if row["5_o_Clock_Shadow"]:  # stubble: a stipple of dark dots over the jaw
@@ -572,12 +581,13 @@ def _render_face(
         hoops = rng.random() < 0.5
         for sign in (-1, 1):
             x = cx + sign * (fw + 3)
-            # Big enough (about 10 px) and dark-rimmed, so gold shows on blond hair and silver on grey.
+            # Big (14-18 px) and dark-rimmed, so gold shows on blond hair and silver on grey.
             if hoops:
-                pen.oval(x, cy + 25, 5.5, 7, outline=_shade(metal, 0.4), width=3.2)
-                pen.oval(x, cy + 25, 5.5, 7, outline=metal, width=1.8)
-            else:
-                pen.oval(x, cy + 22, 4.5, 4.5, fill=metal, outline=_shade(metal, 0.4), width=1.2)
+                pen.oval(x, cy + 28, 7.5, 9, outline=_shade(metal, 0.4), width=4.0)
+                pen.oval(x, cy + 28, 7.5, 9, outline=metal, width=2.4)
+            else:  # a stud with a drop below it
+                pen.oval(x, cy + 21, 4, 4, fill=metal, outline=_shade(metal, 0.4), width=1.2)
+                pen.oval(x, cy + 31, 4.5, 6.5, fill=metal, outline=_shade(metal, 0.4), width=1.2)
 
     if row["Eyeglasses"]:
         for sign in (-1, 1):
@@ -611,9 +621,17 @@ def _draw_hair_on_top(pen: _Pen, row, fw: float, fh: float, long_hair: bool, hai
     right = [(cx + fw + 5, side_low), (cx + fw - 4, side_low)]
     left = [(cx - fw + 4, side_low), (cx - fw - 5, side_low)]
     pen.polygon(np.vstack([crown, right, hairline, left]), hair, outline=_shade(hair, 0.6))
+    if row["Gray_Hair"]:  # salt and pepper: dark flecks, a texture that neither a bald scalp nor other hair has
+        pen.dots(_fleck_points(fw, fh), _shade(hair, 0.45), 1.0)
     if row["Straight_Hair"]:  # combed strands
         for x in np.linspace(cx - fw + 12, cx + fw - 12, 6):
             pen.line([(x, cy - fh - 8), (x + (x - cx) * 0.15, cy - 46)], _shade(hair, 0.8), 1)
+
+
+def _fleck_points(fw: float, fh: float) -> np.ndarray:
+    # A fixed scatter over the crown, between the hairline and the top of the head.
+    angle, radius = GRAY_FLECKS
+    return np.stack([FACE_X + (fw + 5) * radius * np.cos(angle), FACE_Y - 4 + (fh + 14) * radius * np.sin(angle)], 1)
 
 
 def _draw_eyes(pen: _Pen, row, look, skin, brow, gaze: float) -> None:
@@ -659,10 +677,15 @@ def _draw_mouth(pen: _Pen, row, look, skin) -> None:
     thick = 4.5 if row["Big_Lips"] else 2.8
     is_open = row["Mouth_Slightly_Open"]
     if row["Smiling"]:
-        half = 17.0
-        upper = np.stack([np.linspace(cx - half, cx + half, 13), y - 3 + 3 * np.sin(np.linspace(0, math.pi, 13))], 1)
-        sag = 11 if is_open else 6
-        lower = np.stack([np.linspace(cx + half, cx - half, 13), y - 3 + sag * np.sin(np.linspace(0, math.pi, 13))], 1)
+        # A wide crescent with raised corners and a crease beside each: plain even with the lips closed.
+        half = 18.0
+        arc = np.sin(np.linspace(0, math.pi, 13))
+        upper = np.stack([np.linspace(cx - half, cx + half, 13), y - 7 + 5 * arc], 1)
+        sag = 14 if is_open else 11
+        lower = np.stack([np.linspace(cx + half, cx - half, 13), y - 7 + sag * arc], 1)
+        for sign in (-1, 1):
+            crease = _oval(cx + sign * (half - 1), y - 7, 5, 8, 90 - sign * 90, 90 + sign * 30 - sign * 90, 6)
+            pen.line(crease, _shade(skin, 0.5), 1.8)
         if is_open:
             pen.polygon(np.vstack([upper, lower]), (70, 20, 24))
             teeth = np.stack([upper[:, 0], upper[:, 1] + 3.5], 1)[::-1]
@@ -698,15 +721,15 @@ def _draw_facial_hair(pen: _Pen, row, fw, fh, jaw, colour, skin) -> None:
     # Mustache and goatee carry combed strands, so that they read as hair and not as a dark mouth.
     strands = _mix(beard_colour, skin, 0.45)
     if row["Mustache"]:
-        pen.polygon([(cx - 21, cy + 32), (cx - 10, cy + 19), (cx, cy + 21), (cx + 10, cy + 19), (cx + 21, cy + 32),
+        pen.polygon([(cx - 24, cy + 34), (cx - 12, cy + 18), (cx, cy + 20), (cx + 12, cy + 18), (cx + 24, cy + 34),
                      (cx, cy + 28)], beard_colour)
-        for x in (4.0, 9.0, 14.0):
+        for x in (4.0, 9.0, 14.0, 19.0):
             for sign in (-1, 1):
-                pen.line([(cx + sign * x, cy + 22), (cx + sign * (x + 3), cy + 28)], strands, 1)
+                pen.line([(cx + sign * x, cy + 21), (cx + sign * (x + 3), cy + 28)], strands, 1)
     if row["Goatee"]:
         # A tuft from below the lower lip (clear of an open mouth) to past the chin.
-        chin = _oval(cx, cy + 47, 13, 17, 180, 0, 10)
-        pen.polygon(np.vstack([[(cx - 11, cy + 43)], chin, [(cx + 11, cy + 43)]]), beard_colour)
+        chin = _oval(cx, cy + 47, 15, 19, 180, 0, 10)
+        pen.polygon(np.vstack([[(cx - 13, cy + 43)], chin, [(cx + 13, cy + 43)]]), beard_colour)
         for x in (-7.0, -3.5, 0.0, 3.5, 7.0):
             pen.line([(cx + x, cy + 46), (cx + x * 0.6, cy + 60)], strands, 1)
     if row["Sideburns"]:
