@@ -24,7 +24,8 @@ where aligned CelebA faces sit (eyes at y ~ 108, centred), and the cues stay in 
 image that the training augmentation (resize to 220x270, random crop 178x218) always keeps.
 Cues that a small model trained for minutes would otherwise miss or mix up are drawn boldly: a
 smile lifts the corners of the mouth and creases the cheeks even with the lips closed, earrings
-are 14-18 px, gray hair is flecked salt-and-pepper while a bald scalp shines.
+are 14-18 px, gray hair is flecked salt-and-pepper while a bald scalp shines, and a mustache is
+a broad walrus over the upper lip, a goatee a full tuft and sideburns wide strips.
 
 DRAWN_ATTRIBUTES lists the attributes drawn plainly enough for a small model to learn. Some others
 are drawn subtly (Chubby, Double_Chin, Big_Lips, Big_Nose, Pointy_Nose, Bushy_Eyebrows,
@@ -264,7 +265,8 @@ def _sample_identities(rng: np.random.Generator, k: int) -> dict[str, np.ndarray
     chubby = _bernoulli(rng, np.where(young, np.where(male, 0.05, 0.02), np.where(male, 0.15, 0.08)), k)
     # Beard styles for men: 0 none, 1 full beard (no goatee/mustache label), 2 goatee, 3 mustache, 4 both.
     # Goatee and mustache near the top of CelebA's rates (see the module docstring): they belong to few people.
-    beard = np.where(male, (rng.random((k, 1)) > np.cumsum([0.57, 0.18, 0.12, 0.07])).sum(1), 0)
+    # Full beards (only No_Beard says so) are 5 % of images, so No_Beard keeps CelebA's 83.5 %.
+    beard = np.where(male, (rng.random((k, 1)) > np.cumsum([0.61, 0.11, 0.13, 0.08])).sum(1), 0)
     return {
         # Real identity numbers run 1..10177 in no particular order.
         "person_id": rng.choice(np.arange(1, max(10177, k) + 1), size=k, replace=False),
@@ -290,7 +292,7 @@ def _sample_identities(rng: np.random.Generator, k: int) -> dict[str, np.ndarray
         "attractive": _bernoulli(rng, np.where(male, np.where(young, 0.33, 0.15), np.where(young, 0.75, 0.45)), k),
         "pale": _bernoulli(rng, np.where(male, 0.04, 0.08), k),
         "beard": beard,
-        "sideburns": male & _bernoulli(rng, np.where(beard == 1, 0.5, 0.1), k),
+        "sideburns": male & _bernoulli(rng, np.where(beard == 1, 0.5, 0.13), k),
         # tastes: how likely this person is to wear something in a given photo
         "wears_glasses": _bernoulli(rng, 0.095, k),
         "wears_makeup": ~male & _bernoulli(rng, 0.75, k),
@@ -721,21 +723,22 @@ def _draw_facial_hair(pen: _Pen, row, fw, fh, jaw, colour, skin) -> None:
     # Mustache and goatee carry combed strands, so that they read as hair and not as a dark mouth.
     strands = _mix(beard_colour, skin, 0.45)
     if row["Mustache"]:
-        pen.polygon([(cx - 24, cy + 34), (cx - 12, cy + 18), (cx, cy + 20), (cx + 12, cy + 18), (cx + 24, cy + 34),
-                     (cx, cy + 28)], beard_colour)
-        for x in (4.0, 9.0, 14.0, 19.0):
+        # A broad walrus mustache over the upper lip, its ends past the corners of a smile.
+        pen.polygon([(cx - 28, cy + 36), (cx - 14, cy + 18), (cx, cy + 20), (cx + 14, cy + 18), (cx + 28, cy + 36),
+                     (cx, cy + 30)], beard_colour)
+        for x in (4.0, 9.0, 14.0, 19.0, 24.0):
             for sign in (-1, 1):
-                pen.line([(cx + sign * x, cy + 21), (cx + sign * (x + 3), cy + 28)], strands, 1)
+                pen.line([(cx + sign * x, cy + 21), (cx + sign * (x + 3), cy + 29)], strands, 1)
     if row["Goatee"]:
         # A tuft from below the lower lip (clear of an open mouth) to past the chin.
-        chin = _oval(cx, cy + 47, 15, 19, 180, 0, 10)
-        pen.polygon(np.vstack([[(cx - 13, cy + 43)], chin, [(cx + 13, cy + 43)]]), beard_colour)
-        for x in (-7.0, -3.5, 0.0, 3.5, 7.0):
-            pen.line([(cx + x, cy + 46), (cx + x * 0.6, cy + 60)], strands, 1)
+        chin = _oval(cx, cy + 48, 17, 21, 180, 0, 10)
+        pen.polygon(np.vstack([[(cx - 15, cy + 43)], chin, [(cx + 15, cy + 43)]]), beard_colour)
+        for x in (-8.0, -4.0, 0.0, 4.0, 8.0):
+            pen.line([(cx + x, cy + 46), (cx + x * 0.6, cy + 62)], strands, 1)
     if row["Sideburns"]:
         for sign in (-1, 1):
             x = cx + sign * (fw - 3)
-            strip = [(x - 5, cy - 22), (x + 5, cy - 22), (x + 5 - sign * 3, cy + 22), (x - 5 - sign * 3, cy + 22)]
+            strip = [(x - 6, cy - 26), (x + 6, cy - 26), (x + 6 - sign * 3, cy + 26), (x - 6 - sign * 3, cy + 26)]
             pen.polygon(strip, beard_colour)
 
 

@@ -223,8 +223,6 @@ def test_train_epoch_runs_on_the_cache_path(tmp_path):
 # -- scoring: JPEG batches decoded on the device --------------------------------------------------
 def test_device_jpeg_decode_gives_the_pil_results_and_errors(tmp_path, monkeypatch):
     """predict with batched decode_jpeg (nvjpeg's code path, run here on the CPU) vs the PIL path."""
-    import io
-
     import pandas as pd
 
     import faceattr.predict as predict_module
