@@ -292,6 +292,7 @@ def _sample_identities(rng: np.random.Generator, k: int) -> dict[str, np.ndarray
         "attractive": _bernoulli(rng, np.where(male, np.where(young, 0.33, 0.15), np.where(young, 0.75, 0.45)), k),
         "pale": _bernoulli(rng, np.where(male, 0.04, 0.08), k),
         "beard": beard,
+        # Half the full beards have sideburns; 13 % of other men keeps Sideburns at ~7 % of images.
         "sideburns": male & _bernoulli(rng, np.where(beard == 1, 0.5, 0.13), k),
         # tastes: how likely this person is to wear something in a given photo
         "wears_glasses": _bernoulli(rng, 0.095, k),
