@@ -17,9 +17,13 @@ How the faces are made: each identity fixes sex, age, skin tone, face shape, hai
 style, beard and tastes (glasses, make-up, tie); each image of an identity varies pose, expression
 and accessories, over a textured background with noise and uneven lighting. Labels follow the
 real base rates and the cheap correlations of the real annotations (No_Beard = no goatee, mustache
-or full beard; bald people have no hair colour and no bangs; make-up and lipstick go together and
+or full beard; sideburns come with facial hair; bald people have no hair colour and no bangs, and
+are not photographed in hats, which would hide the scalp; make-up and lipstick go together and
 almost never on men; smiling opens the mouth). Rare drawn attributes (2-9 % of images) sit up to
-2.5 points above CelebA's rates, so that 2,000 images hold enough of each to learn. Faces sit
+2.5 points above CelebA's rates, so that 2,000 images hold enough of each to learn, and a person's
+traits are drawn by systematic sampling over the people's photo counts, so that every sample (not
+just the average one) holds each trait at its rate: goatees are 7-9 % of 2,000 images on every
+seed, where a coin flip per person gave 4-13 %. Faces sit
 where aligned CelebA faces sit (eyes at y ~ 108, centred), and the cues stay in the part of the
 image that the training augmentation (resize to 220x270, random crop 178x218) always keeps.
 Cues that a small model trained for minutes would otherwise miss or mix up are drawn boldly: a
@@ -139,8 +143,10 @@ def sample_labels(n: int, seed: int) -> SyntheticLabels:
     """The labels, partition and identities `generate(out, n, seed)` writes; no images drawn."""
     _check_counts(n, seed)
     rng = np.random.default_rng([seed, 0])
-    people = _sample_identities(rng, max(1, math.ceil(n / IMAGES_PER_IDENTITY)))
-    person, partition = _assign_images(rng, people, n)
+    k = max(1, math.ceil(n / IMAGES_PER_IDENTITY))
+    person = _draw_photos(rng, k, n)
+    people = _sample_identities(rng, np.bincount(person, minlength=k))
+    person, partition = _partition(rng, person, k)
     return SyntheticLabels(_sample_image_labels(rng, people, person), partition, person, people)
 
 
@@ -185,7 +191,7 @@ def draw_face(present: Iterable[str], seed: int = 0) -> Image.Image:
     unknown = sorted(present - set(ATTRIBUTES))
     if unknown:
         raise ValueError(f"draw_face: unknown attribute(s) {', '.join(unknown)}; see faceattr.labels.ATTRIBUTES")
-    people = _sample_identities(np.random.default_rng([seed, 3]), 1)
+    people = _sample_identities(np.random.default_rng([seed, 3]), np.ones(1, np.int64))
     look = {key: values[0] for key, values in people.items()}
     look["long_hair"] = "Male" not in present
     row = {attr: attr in present for attr in ATTRIBUTES}
@@ -241,32 +247,73 @@ def _bernoulli(rng: np.random.Generator, p: np.ndarray | float, size: int) -> np
     return rng.random(size) < p
 
 
-def _sample_identities(rng: np.random.Generator, k: int) -> dict[str, np.ndarray]:
-    """Traits fixed per person: labels that do not change between photos, and the look."""
-    male = _bernoulli(rng, 0.42, k)
-    young = _bernoulli(rng, np.where(male, 0.63, 0.87), k)
-    bald = male & _bernoulli(rng, np.where(young, 0.04, 0.2), k)
+def _pick(rng: np.random.Generator, p: np.ndarray | float, photos: np.ndarray) -> np.ndarray:
+    """Per person, True with probability `p`, spread so that the picked hold ~p of the photos.
+
+    Independent coin flips per person let a rare trait held by few people swing from seed to seed
+    by half its rate in images (goatee: 4 to 13 % of 2,000 images where 8 % is meant), too few in
+    some samples to learn or to score. Systematic sampling down the people sorted by photo count
+    keeps each person's probability exactly and takes people with few and many photos evenly.
+    """
+    p = np.broadcast_to(np.asarray(p, dtype=np.float64), photos.shape)
+    order = np.lexsort((rng.random(len(photos)), photos))
+    # Picked: the people whose stretch of the cumulative probability holds a point u, u + 1, u + 2, ...
+    reached = np.floor(np.cumsum(p[order]) + 1 - rng.random())
+    picked = np.empty(len(photos), dtype=bool)
+    picked[order] = np.diff(reached, prepend=0) > 0
+    return picked
+
+
+def _pick_category(rng: np.random.Generator, probs: np.ndarray, photos: np.ndarray) -> np.ndarray:
+    """Per person, a category index drawn with the row's probabilities, spread as `_pick` spreads."""
+    choice = np.full(len(photos), probs.shape[1] - 1)
+    undecided, mass_left = np.ones(len(photos), dtype=bool), np.ones(len(photos))
+    for category in range(probs.shape[1] - 1):
+        # P(category | not an earlier one) = p / mass left, so each person's chance is the row's.
+        share = np.divide(probs[:, category], mass_left, out=np.zeros(len(photos)), where=mass_left > 1e-12)
+        chosen = _pick(rng, np.where(undecided, np.clip(share, 0, 1), 0), photos)
+        choice[chosen] = category
+        undecided &= ~chosen
+        mass_left = mass_left - probs[:, category]
+    return choice
+
+
+# P(sideburns) per beard style (none, full, goatee, mustache, both), from CelebA's annotations.
+SIDEBURNS_BY_BEARD = np.array([0.0, 0.23, 0.47, 0.20, 0.59])
+
+
+def _sample_identities(rng: np.random.Generator, photos: np.ndarray) -> dict[str, np.ndarray]:
+    """Traits fixed per person (given each person's photo count): labels that stay, and the look."""
+    k = len(photos)
+
+    def pick(p: np.ndarray | float) -> np.ndarray:
+        return _pick(rng, p, photos)
+
+    male = pick(0.42)
+    young = pick(np.where(male, 0.63, 0.87))
+    bald = pick(np.where(male, np.where(young, 0.04, 0.2), 0))
 
     # Hair colour: [black, blond, brown, gray, other]; gray mostly for the old.
     gray = np.where(young, 0.005, np.where(male, 0.35, 0.12))
     blond = np.where(male, 0.03, 0.25)
     black, brown = np.full(k, 0.25), np.full(k, 0.21)
     probs = np.stack([black, blond, brown, gray, np.clip(1 - black - blond - brown - gray, 0, 1)], axis=1)
-    hair = np.minimum((rng.random((k, 1)) > np.cumsum(probs / probs.sum(1, keepdims=True), axis=1)).sum(1), 4)
+    hair = _pick_category(rng, probs / probs.sum(1, keepdims=True), photos)
 
     has_hair = ~bald
-    bangs = has_hair & _bernoulli(rng, np.where(male, 0.08, 0.21), k)
-    receding = has_hair & ~bangs & _bernoulli(rng, np.where(male, np.where(young, 0.06, 0.3), 0.04), k)
+    bangs = pick(np.where(has_hair, np.where(male, 0.08, 0.21), 0))
+    receding = pick(np.where(has_hair & ~bangs, np.where(male, np.where(young, 0.06, 0.3), 0.04), 0))
     style = rng.random(k)
     wavy = has_hair & (style < 0.33)
     straight = has_hair & (style >= 0.33) & (style < 0.55)
-    long_hair = has_hair & _bernoulli(rng, np.where(male, 0.08, 0.9), k)
+    long_hair = pick(np.where(has_hair, np.where(male, 0.08, 0.9), 0))
 
-    chubby = _bernoulli(rng, np.where(young, np.where(male, 0.05, 0.02), np.where(male, 0.15, 0.08)), k)
+    chubby = pick(np.where(young, np.where(male, 0.05, 0.02), np.where(male, 0.15, 0.08)))
     # Beard styles for men: 0 none, 1 full beard (no goatee/mustache label), 2 goatee, 3 mustache, 4 both.
     # Goatee and mustache near the top of CelebA's rates (see the module docstring): they belong to few people.
     # Full beards (only No_Beard says so) are 5 % of images, so No_Beard keeps CelebA's 83.5 %.
-    beard = np.where(male, (rng.random((k, 1)) > np.cumsum([0.61, 0.11, 0.13, 0.08])).sum(1), 0)
+    beard_styles = np.where(male[:, None], [0.61, 0.11, 0.13, 0.08, 0.07], [1.0, 0, 0, 0, 0])
+    beard = _pick_category(rng, beard_styles, photos)
     return {
         # Real identity numbers run 1..10177 in no particular order.
         "person_id": rng.choice(np.arange(1, max(10177, k) + 1), size=k, replace=False),
@@ -280,25 +327,25 @@ def _sample_identities(rng: np.random.Generator, k: int) -> dict[str, np.ndarray
         "straight": straight,
         "long_hair": long_hair,
         "chubby": chubby,
-        "double_chin": _bernoulli(rng, np.where(chubby, 0.55, 0.02), k),
-        "oval": ~chubby & _bernoulli(rng, 0.3, k),
-        "big_nose": _bernoulli(rng, np.where(male, 0.38, 0.13), k),
-        "pointy_nose": _bernoulli(rng, np.where(male, 0.2, 0.34), k),
-        "big_lips": _bernoulli(rng, 0.24, k),
-        "narrow_eyes": _bernoulli(rng, 0.11, k),
-        "bushy_brows": _bernoulli(rng, np.where(male, 0.25, 0.07), k),
-        "arched_brows": _bernoulli(rng, np.where(male, 0.05, 0.42), k),
-        "bags": _bernoulli(rng, np.where(young, 0.15, 0.4), k),
-        "attractive": _bernoulli(rng, np.where(male, np.where(young, 0.33, 0.15), np.where(young, 0.75, 0.45)), k),
-        "pale": _bernoulli(rng, np.where(male, 0.04, 0.08), k),
+        "double_chin": pick(np.where(chubby, 0.55, 0.02)),
+        "oval": pick(np.where(chubby, 0, 0.3)),
+        "big_nose": pick(np.where(male, 0.38, 0.13)),
+        "pointy_nose": pick(np.where(male, 0.2, 0.34)),
+        "big_lips": pick(0.24),
+        "narrow_eyes": pick(0.11),
+        "bushy_brows": pick(np.where(male, 0.25, 0.07)),
+        "arched_brows": pick(np.where(male, 0.05, 0.42)),
+        "bags": pick(np.where(young, 0.15, 0.4)),
+        "attractive": pick(np.where(male, np.where(young, 0.33, 0.15), np.where(young, 0.75, 0.45))),
+        "pale": pick(np.where(male, 0.04, 0.08)),
         "beard": beard,
-        # Half the full beards have sideburns; 13 % of other men keeps Sideburns at ~7 % of images.
-        "sideburns": male & _bernoulli(rng, np.where(beard == 1, 0.5, 0.13), k),
+        # Sideburns come with facial hair, at CelebA's rate per beard style (clean-shaven: 0.2 %).
+        "sideburns": pick(SIDEBURNS_BY_BEARD[beard]),
         # tastes: how likely this person is to wear something in a given photo
-        "wears_glasses": _bernoulli(rng, 0.095, k),
-        "wears_makeup": ~male & _bernoulli(rng, 0.75, k),
-        "wears_lipstick": ~male & _bernoulli(rng, 0.85, k),
-        "wears_tie": male & _bernoulli(rng, 0.38, k),
+        "wears_glasses": pick(0.095),
+        "wears_makeup": pick(np.where(male, 0, 0.75)),
+        "wears_lipstick": pick(np.where(male, 0, 0.85)),
+        "wears_tie": pick(np.where(male, 0.38, 0)),
         # look
         "skin_tone": rng.random(k),  # 0 dark .. 1 light (pale skin is drawn apart)
         "face_width": rng.normal(0, 1.5, k),
@@ -309,12 +356,15 @@ def _sample_identities(rng: np.random.Generator, k: int) -> dict[str, np.ndarray
     }
 
 
-def _assign_images(rng: np.random.Generator, people: dict[str, np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each image's person, and an identity-disjoint partition ordered train, val, test like the real one."""
-    k = len(people["male"])
-    popularity = rng.gamma(2.0, 1.0, k)  # some people have many photos, some few
-    person = rng.choice(k, size=n, p=popularity / popularity.sum())
+def _draw_photos(rng: np.random.Generator, k: int, n: int) -> np.ndarray:
+    """Each image's person (0..k-1): some people have many photos, some few."""
+    popularity = rng.gamma(2.0, 1.0, k)
+    return rng.choice(k, size=n, p=popularity / popularity.sum())
 
+
+def _partition(rng: np.random.Generator, person: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """An identity-disjoint partition ordered train, val, test like the real one; images reordered to match."""
+    n = len(person)
     # Walk the people in random order; each goes to the partition its middle image falls in.
     counts = np.bincount(person, minlength=k)
     order = rng.permutation(k)
@@ -379,7 +429,8 @@ def _sample_image_labels(
         "Straight_Hair": p["straight"],
         "Wavy_Hair": p["wavy"],
         "Wearing_Earrings": _bernoulli(rng, np.where(male, 0.016, 0.31), n),
-        "Wearing_Hat": _bernoulli(rng, 0.07, n),
+        # Annotators label what they see: CelebA has 0.5 % of bald faces in a hat (8 % of men).
+        "Wearing_Hat": _bernoulli(rng, np.where(p["bald"], 0.005, 0.07), n),
         "Wearing_Lipstick": _bernoulli(rng, lipstick_p, n),
         "Wearing_Necklace": _bernoulli(rng, np.where(male, 0.01, 0.24), n),
         "Wearing_Necktie": p["wears_tie"] & _bernoulli(rng, 0.55, n),
