@@ -339,7 +339,7 @@ def _sample_identities(rng: np.random.Generator, photos: np.ndarray) -> dict[str
         "attractive": pick(np.where(male, np.where(young, 0.33, 0.15), np.where(young, 0.75, 0.45))),
         "pale": pick(np.where(male, 0.04, 0.08)),
         "beard": beard,
-        # Sideburns come with facial hair, at CelebA's rate per beard style (clean-shaven: 0.2 %).
+        # Sideburns come with facial hair, at CelebA's rate per beard style (0.2 % of its clean-shaven men: none here).
         "sideburns": pick(SIDEBURNS_BY_BEARD[beard]),
         # tastes: how likely this person is to wear something in a given photo
         "wears_glasses": pick(0.095),
