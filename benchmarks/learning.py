@@ -12,7 +12,7 @@ train split) and, for synthetic data, every visibly drawn attribute (faceattr.sy
 Verdict for synthetic data: the mean at least --min-gain points above the baseline and every drawn
 attribute above its own baseline (one whose test images all share one class cannot be, and is
 listed as not measurable); exit status 1 otherwise. On real CelebA: the mean above the
-baseline. It takes 7-12 minutes for 2,000 images on two idle cores.
+baseline. It takes 7-13 minutes for 2,000 images on two idle cores.
 """
 from __future__ import annotations
 
