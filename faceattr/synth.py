@@ -248,7 +248,7 @@ def _bernoulli(rng: np.random.Generator, p: np.ndarray | float, size: int) -> np
 
 
 def _pick(rng: np.random.Generator, p: np.ndarray | float, photos: np.ndarray) -> np.ndarray:
-    """Per person, True with probability `p`, spread so that the picked hold ~p of the photos.
+    """Per person, True with probability `p`, spread so that the picked hold close to their expected share of photos.
 
     Independent coin flips per person let a rare trait held by few people swing from seed to seed
     by half its rate in images (goatee: 4 to 13 % of 2,000 images where 8 % is meant), too few in
