@@ -20,12 +20,13 @@ import torch
 from PIL import Image
 
 from faceattr.config import RunConfig
-from faceattr.data import CelebAImages, train_transform
-from faceattr.images import IMAGE_SIZE
-from faceattr.labels import ATTRIBUTES
+from faceattr.data.loaders import CelebAImages
+from faceattr.data.transforms import train_transform
+from faceattr.data.images import IMAGE_SIZE
+from faceattr.attributes import ATTRIBUTES
 from faceattr.model import build_model
 from faceattr.runtime import resolve_num_workers
-from faceattr.train import AttributeLoss, make_optimizer
+from faceattr.engine.train import AttributeLoss, make_optimizer
 
 
 def _timed(step, warmup: int, batches: int) -> float:

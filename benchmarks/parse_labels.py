@@ -1,4 +1,4 @@
-"""How long faceattr.labels takes to parse the full official label files (the target: < 2 s each).
+"""How long faceattr.data.labels takes to parse the full official label files (the target: < 2 s each).
 
     python benchmarks/parse_labels.py [PATH_TO_list_attr_celeba.txt] [--repeat N]
 
@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy  # noqa: F401  (imported up front so the timings leave out the import cost)
 import pandas  # noqa: F401
 
-from faceattr.labels import read_attributes, read_identity, read_partition
-from faceattr.layout import ATTR_FILE, IDENTITY_FILE, PARTITION_FILE
+from faceattr.data.labels import read_attributes, read_identity, read_partition
+from faceattr.data.layout import ATTR_FILE, IDENTITY_FILE, PARTITION_FILE
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "celeba-annotations" / ATTR_FILE
 

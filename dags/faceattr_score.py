@@ -12,7 +12,7 @@ exactly as `faceattr predict` does, and records the scoring job in the store.
 * With `FACEATTR_STANDING_SET` set, the DAG is also scheduled on the `faceattr/model` asset: each
   newly published model re-scores that standing set.
 
-All logic is in `faceattr.orchestrate`; this file is the table of contents.
+All logic is in `faceattr.orchestration.tasks`; this file is the table of contents.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 
 from airflow.sdk import DAG, Asset, Param, task
 
-from faceattr import orchestrate
+from faceattr.orchestration import tasks as orchestrate
 
 MODEL_ASSET = Asset(orchestrate.MODEL_ASSET_NAME)
 

@@ -19,7 +19,7 @@ report → publish_model → score_private
   (`FACEATTR_DB_URL`), makes its model current and emits the `faceattr/model` asset event.
 * Paths in the form must lie under `FACEATTR_DATA_ROOTS`.
 
-All logic is in `faceattr.orchestrate`; this file is the table of contents.
+All logic is in `faceattr.orchestration.tasks`; this file is the table of contents.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from datetime import datetime, timedelta, timezone
 
 from airflow.sdk import DAG, Asset, Param, TriggerRule, task
 
-from faceattr import orchestrate
+from faceattr.orchestration import tasks as orchestrate
 
 MAX_EPOCHS = orchestrate.max_epochs()
 GPU = {"pool": orchestrate.gpu_pool(), "queue": orchestrate.gpu_queue()}

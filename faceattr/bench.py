@@ -6,9 +6,9 @@ Three figures, each in images per second for both recipes and their ratio:
                flip/resize/crop + normalise per image in worker processes) against the decode-once
                cache with batched tensor augmentation on the device (faceattr.data.CachedLoader)
     train      a training epoch end to end, data included: the write-up's fp32 eager loop at
-               batch 64 against faceattr.train.train_one_epoch on the cache path (bf16 autocast,
+               batch 64 against faceattr.engine.train.train_one_epoch on the cache path (bf16 autocast,
                channels_last and torch.compile on CUDA; a larger batch on a GPU)
-    score      scoring JPEG files: a PIL DataLoader + fp32 model against faceattr.predict.predict
+    score      scoring JPEG files: a PIL DataLoader + fp32 model against faceattr.engine.predict.predict
                (batched nvjpeg decode, bf16, channels_last on CUDA)
 
 The cache build (once per run) is reported beside them. Sizes: "small" (the CPU default:
@@ -60,7 +60,7 @@ def run_benchmark(size: str = "auto", device: str | None = None, data_root: str 
     """Measure both recipes; print a text table and one JSON line to `out` (stdout); return the figures.
 
     `data_root`: a dataset ROOT (ROOT/celeba/...) whose first images are used; default: a
-    synthetic set written to a temporary folder (faceattr.synth) and removed afterwards.
+    synthetic set written to a temporary folder (faceattr.synth.faces) and removed afterwards.
     """
     import torch
 
@@ -128,8 +128,8 @@ def _dataset(work: Path, spec: BenchSize, data_root: str | Path | None):
     """(root, image ids, labels N x 40 int8, description): a given ROOT or a synthetic one."""
     import numpy as np
 
-    from faceattr.labels import read_attributes
-    from faceattr.layout import ATTR_FILE, celeba_dir, images_dir
+    from faceattr.data.labels import read_attributes
+    from faceattr.data.layout import ATTR_FILE, celeba_dir, images_dir
 
     if data_root is not None:
         root = Path(data_root)
@@ -140,8 +140,8 @@ def _dataset(work: Path, spec: BenchSize, data_root: str | Path | None):
             raise FileNotFoundError(f"{folder}: none of the images listed in {ATTR_FILE} is there")
         return root, ids, attributes.loc[ids].to_numpy(dtype=np.int8), f"{len(ids)} images of {root}"
 
-    from faceattr.download import acquire
-    from faceattr.synth import generate
+    from faceattr.data.download import acquire
+    from faceattr.synth.faces import generate
 
     generate(work / "source", n=spec.synth_images, seed=0)
     root = work / "root"
@@ -163,7 +163,7 @@ def _dataset(work: Path, spec: BenchSize, data_root: str | Path | None):
 
 
 def _cache_figures(run_dir: Path, root: Path, image_ids: list[str]) -> dict[str, float]:
-    from faceattr.cache import build_split_cache
+    from faceattr.data.cache import build_split_cache
     from faceattr.runtime import resolve_num_workers
 
     start = time.perf_counter()
@@ -177,8 +177,9 @@ def _writeup_loader(root: Path, image_ids, labels, batch_size: int, device, *, t
     import torch
     from torch.utils.data import DataLoader
 
-    from faceattr.data import CelebAImages, eval_transform, train_transform
-    from faceattr.layout import images_dir
+    from faceattr.data.loaders import CelebAImages
+    from faceattr.data.transforms import eval_transform, train_transform
+    from faceattr.data.layout import images_dir
     from faceattr.runtime import resolve_num_workers, worker_init_fn
 
     workers = resolve_num_workers(-1)
@@ -189,8 +190,8 @@ def _writeup_loader(root: Path, image_ids, labels, batch_size: int, device, *, t
 
 
 def _fast_loader(run_dir: Path, root: Path, image_ids, labels, batch_size: int, device, *, train: bool):
-    from faceattr.cache import open_cache
-    from faceattr.data import CachedImages, CachedLoader
+    from faceattr.data.cache import open_cache
+    from faceattr.data.loaders import CachedImages, CachedLoader
 
     array = open_cache(run_dir, "train", _all_ids(run_dir), root)
     if len(image_ids) < len(array):
@@ -199,7 +200,7 @@ def _fast_loader(run_dir: Path, root: Path, image_ids, labels, batch_size: int, 
 
 
 def _all_ids(run_dir: Path) -> list[str]:
-    from faceattr.cache import cache_paths
+    from faceattr.data.cache import cache_paths
     from faceattr.fsutil import read_json
 
     return read_json(cache_paths(run_dir, "train")[1])["image_ids"]
@@ -233,7 +234,7 @@ def _train_figures(run_dir, root, image_ids, labels, spec: BenchSize, device) ->
     from faceattr.config import RunConfig
     from faceattr.model import build_model
     from faceattr.runtime import should_compile
-    from faceattr.train import AttributeLoss, make_optimizer, train_one_epoch
+    from faceattr.engine.train import AttributeLoss, make_optimizer, train_one_epoch
 
     ids, rows = image_ids[: spec.train_images], labels[: spec.train_images]
     config = RunConfig(arch=spec.arch, weights="none")
@@ -300,11 +301,12 @@ def _score_figures(work: Path, root: Path, spec: BenchSize, device) -> dict[str,
     import torch
 
     from faceattr.config import RunConfig
-    from faceattr.data import CelebAImages, eval_transform
-    from faceattr.evaluate import export_model
-    from faceattr.layout import images_dir
+    from faceattr.data.loaders import CelebAImages
+    from faceattr.data.transforms import eval_transform
+    from faceattr.engine.evaluate import export_model
+    from faceattr.data.layout import images_dir
     from faceattr.model import build_model
-    from faceattr.predict import list_folder, predict
+    from faceattr.engine.predict import list_folder, predict
     from faceattr.runtime import resolve_num_workers
 
     # A folder of the first score_images files, as a user would hand to 'faceattr predict'.

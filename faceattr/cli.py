@@ -54,19 +54,19 @@ def _print(result: Any) -> None:
 
 # -- handlers ---------------------------------------------------------------------------------
 def cmd_synth(args: argparse.Namespace) -> Any:
-    from faceattr.synth import generate
+    from faceattr.synth.faces import generate
 
     return generate(Path(args.out), n=args.n, seed=args.seed)
 
 
 def cmd_download(args: argparse.Namespace) -> Any:
-    from faceattr.download import acquire
+    from faceattr.data.download import acquire
 
     return acquire(args.source, Path(args.root))
 
 
 def cmd_split(args: argparse.Namespace) -> Any:
-    from faceattr.split import make_split
+    from faceattr.data.split import make_split
 
     run_dir = Path(args.out)
     overrides = _config_overrides(args) | {"root": args.root, "split": args.strategy, "seed": args.seed}
@@ -75,27 +75,27 @@ def cmd_split(args: argparse.Namespace) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> Any:
-    from faceattr.train import train_epoch
+    from faceattr.engine.train import train_epoch
 
     run_dir = Path(args.run)
     return train_epoch(run_dir, args.epoch, _run_config(run_dir, _config_overrides(args)))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> Any:
-    from faceattr.evaluate import evaluate_epoch
+    from faceattr.engine.evaluate import evaluate_epoch
 
     epoch = args.epoch if args.epoch == "best" else int(args.epoch)
     return evaluate_epoch(Path(args.run), epoch, args.split, device=args.device)
 
 
 def cmd_select(args: argparse.Namespace) -> Any:
-    from faceattr.evaluate import select_best
+    from faceattr.engine.evaluate import select_best
 
     return select_best(Path(args.run))
 
 
 def cmd_predict(args: argparse.Namespace) -> Any:
-    from faceattr.predict import predict
+    from faceattr.engine.predict import predict
 
     return predict(
         Path(args.model), Path(args.images), Path(args.out),
@@ -111,19 +111,19 @@ def cmd_fit(args: argparse.Namespace) -> Any:
 
 
 def cmd_report(args: argparse.Namespace) -> Any:
-    from faceattr.report import write_report
+    from faceattr.run.report import write_report
 
     return {"report": str(write_report(Path(args.run)))}
 
 
 def cmd_cache(args: argparse.Namespace) -> Any:
-    from faceattr.cache import build_cache
+    from faceattr.data.cache import build_cache
 
     return build_cache(Path(args.run))
 
 
 def cmd_runs(args: argparse.Namespace) -> Any:
-    from faceattr.store import Store
+    from faceattr.store.store import Store
 
     store = Store.from_env()
     run_id = getattr(args, "run_id", None)

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from faceattr.labels import ATTRIBUTES
+from faceattr.attributes import ATTRIBUTES
 
 if TYPE_CHECKING:
     import torch

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from faceattr.config import RunConfig, save_or_check
 from faceattr.fsutil import read_json
-from faceattr.layout import RunLayout
+from faceattr.run.layout import RunLayout
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +24,10 @@ def fit(config: RunConfig, run_dir: str | Path) -> dict:
     Validation after every epoch; with config.patience > 0, training stops once that many epochs
     in a row have not improved the best validation mean accuracy.
     """
-    from faceattr.evaluate import evaluate_epoch, select_best
-    from faceattr.report import write_report
-    from faceattr.split import make_split
-    from faceattr.train import train_epoch
+    from faceattr.engine.evaluate import evaluate_epoch, select_best
+    from faceattr.run.report import write_report
+    from faceattr.data.split import make_split
+    from faceattr.engine.train import train_epoch
 
     start = time.perf_counter()
     run_dir = Path(run_dir)

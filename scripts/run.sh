@@ -99,7 +99,7 @@ fi
 step "faceattr_train: airflow dags test faceattr_train -c '$CONF'"
 airflow dags test faceattr_train -c "$CONF" || die "faceattr_train failed (task logs above)"
 
-RUN_DIR=$(python -c "from faceattr.store import Store; print(Store.from_env().runs()[0]['run_dir'])")
+RUN_DIR=$(python -c "from faceattr.store.store import Store; print(Store.from_env().runs()[0]['run_dir'])")
 
 SCORE_CONF=$(printf '{"images": "%s", "output": "%s", "model": "latest", "device": "cpu"}' "$PRIVATE" "$SCORES")
 step "faceattr_score: airflow dags test faceattr_score -c '$SCORE_CONF'"
@@ -109,7 +109,7 @@ step "Run store ($FACEATTR_DB_URL)"
 faceattr runs
 python - "$RUN_DIR" <<'EOF'
 import json, sys
-from faceattr.layout import RunLayout
+from faceattr.run.layout import RunLayout
 
 run = RunLayout(sys.argv[1])
 best = json.loads(run.best.read_text())

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from faceattr.labels import ATTRIBUTES
-from faceattr.synth import DRAWN_ATTRIBUTES
+from faceattr.attributes import ATTRIBUTES
+from faceattr.synth.faces import DRAWN_ATTRIBUTES
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "learning.py"
 

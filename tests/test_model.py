@@ -8,7 +8,11 @@ import torch
 
 from faceattr.config import RunConfig
 from faceattr.model import (
-    WeightsUnavailableError, build_model, head_name, model_from_config, trainable_parameters,
+    WeightsUnavailableError,
+    build_model,
+    head_name,
+    model_from_config,
+    trainable_parameters,
 )
 
 torch.set_num_threads(2)

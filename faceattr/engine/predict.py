@@ -1,0 +1,390 @@
+"""Scoring a folder or zip of unlabelled images with RUN/model.pt into a CSV.
+
+The output is what the write-up delivered for its private set: a pandas `to_csv` table with
+`image_id` and the 40 attributes as -1/1, one row per image, sorted by image name. Every file
+seen ends up in exactly one place: a row of the CSV, or a row of `<out stem>.errors.csv`
+(image_id, reason) when it cannot be read as an image. Only hidden files and folders (names
+starting with "." and macOS's __MACOSX) are ignored.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+import warnings
+import zipfile
+from collections import Counter
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from faceattr.fsutil import atomic_path
+from faceattr.attributes import ATTRIBUTES
+
+log = logging.getLogger(__name__)
+
+# A zip entry larger than this is reported as an error rather than read into memory.
+MAX_FILE_BYTES = 256 * 1024 * 1024
+
+
+def predict(
+    model_path: str | Path,
+    images: str | Path,
+    out_csv: str | Path,
+    *,
+    scores: bool = False,
+    batch_size: int = 128,
+    device: str | None = None,
+) -> dict:
+    """Predict the 40 attributes of every image in `images` (a folder or a .zip) into `out_csv`.
+
+    With `scores`, the raw model outputs are added as "<name>_score" columns. Returns the
+    counts: images (files seen) = rows (predicted) + errors (unreadable).
+    """
+    import pandas as pd
+    import torch
+    from torch.utils.data import DataLoader
+
+    from faceattr.engine.evaluate import prepare_for_inference
+    from faceattr.model import load_model_file
+    from faceattr.runtime import Progress, resolve_device, resolve_num_workers
+
+    model_path, images, out_csv = Path(model_path), Path(images), Path(out_csv)
+    if batch_size < 1:
+        raise ValueError(f"batch_size: {batch_size} must be at least 1")
+    errors_csv = out_csv.with_name(out_csv.stem + ".errors.csv")
+    device = resolve_device(device)
+
+    model, info = load_model_file(model_path)
+    if list(info["attributes"]) != list(ATTRIBUTES):
+        raise ValueError(f"{model_path}: its attributes are not the 40 CelebA attributes in official order")
+    thresholds = info["thresholds"].float().numpy()
+
+    # On CUDA, workers only read the bytes of plain JPEGs and nvjpeg decodes each batch on the GPU.
+    raw_jpeg = device.type in DEVICE_DECODE
+    dataset = ImageFiles.from_path(images, transform=_transform(info), exclude=(out_csv, errors_csv), raw_jpeg=raw_jpeg)
+    total = len(dataset)
+    batches = -(-total // batch_size)
+    # Decoding JPEGs is the CPU-bound part: spread it over worker processes when there is more
+    # than one batch to overlap with the model.
+    workers = min(resolve_num_workers(-1), batches) if batches > 1 else 0
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+        collate_fn=collate_images, pin_memory=device.type == "cuda",
+    )
+
+    model = prepare_for_inference(model, device)
+    all_scores = np.zeros((total, len(ATTRIBUTES)), dtype=np.float32)
+    failures: dict[int, str] = {}
+    progress = Progress(total, f"predict {images.name}")
+
+    def model_batches():
+        """(indices, images) for the model; unreadable files are recorded in `failures` on the way."""
+        for indices, batch, errors, raw in loader:
+            seen = len(indices) + len(errors) + len(raw)
+            if len(indices):
+                yield indices, batch
+            if raw:
+                decoded_indices, decoded, raw_errors = decode_jpeg_batch(raw, device, info)
+                errors = errors + raw_errors
+                if len(decoded_indices):
+                    yield decoded_indices, decoded
+            failures.update(errors)
+            progress.update(seen)
+
+    with torch.inference_mode():
+        # One batch in flight: the next batch is decoded (on CUDA, nvjpeg's CPU stage) while the
+        # device still runs the model on the previous one; its scores are fetched only then.
+        in_flight = None
+        for indices, images in model_batches():
+            if in_flight is not None:
+                all_scores[in_flight[0].numpy()] = in_flight[1].cpu().numpy()
+            in_flight = (indices, _run_model(model, images, device))
+        if in_flight is not None:
+            all_scores[in_flight[0].numpy()] = in_flight[1].cpu().numpy()
+    progress.close()
+    dataset.close()
+
+    ok = np.array([i for i in range(total) if i not in failures], dtype=np.int64)
+    image_ids = pd.Index([dataset.image_ids[i] for i in ok], name="image_id")
+    table = pd.DataFrame(
+        np.where(all_scores[ok] >= thresholds, 1, -1).astype(np.int8), index=image_ids, columns=list(ATTRIBUTES)
+    )
+    if scores:
+        raw = pd.DataFrame(all_scores[ok], index=image_ids, columns=[f"{name}_score" for name in ATTRIBUTES])
+        table = pd.concat([table, raw], axis=1)
+    error_table = pd.DataFrame(
+        {"image_id": [dataset.image_ids[i] for i in sorted(failures)], "reason": [failures[i] for i in sorted(failures)]}
+    )
+    with atomic_path(out_csv) as tmp:
+        table.to_csv(tmp, float_format="%.6f")
+    with atomic_path(errors_csv) as tmp:
+        error_table.to_csv(tmp, index=False)
+    if failures:
+        log.warning("%d of %d file(s) could not be read; see %s", len(failures), total, errors_csv)
+    return {"images": total, "rows": len(ok), "errors": len(failures), "csv": str(out_csv), "errors_csv": str(errors_csv)}
+
+
+class ImageFiles:
+    """A map-style dataset over the files of a folder or a zip: item i is (i, tensor or None, reason).
+
+    Unreadable files yield None and the reason instead of raising, so one bad file cannot stop
+    a batch. A zip is opened lazily in each process: DataLoader workers cannot share a handle.
+    """
+
+    def __init__(self, image_ids: list[str], transform, *, folder: Path | None = None, archive: Path | None = None,
+                 raw_jpeg: bool = False):
+        self.image_ids = image_ids
+        self.transform = transform
+        self.raw_jpeg = raw_jpeg  # plain JPEGs come back undecoded, as a uint8 tensor of their bytes
+        self.folder = folder
+        self.archive = archive
+        self._zip: zipfile.ZipFile | None = None
+        self._zip_pid: int | None = None
+
+    @classmethod
+    def from_path(cls, images: Path, transform, exclude=(), raw_jpeg: bool = False) -> "ImageFiles":
+        if not images.exists():
+            raise FileNotFoundError(f"{images}: no such folder or zip file")
+        if images.is_dir():
+            ids = list_folder(images, exclude=exclude)
+            dataset = cls(ids, transform, folder=images, raw_jpeg=raw_jpeg)
+        elif zipfile.is_zipfile(images):
+            ids = list_zip(images)
+            dataset = cls(ids, transform, archive=images, raw_jpeg=raw_jpeg)
+        else:
+            raise ValueError(f"{images}: neither a folder nor a zip archive")
+        if not ids:
+            raise ValueError(f"{images}: no files to predict (hidden files and __MACOSX are ignored)")
+        return dataset
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __getitem__(self, index: int):
+        from faceattr.data.images import ImageError, open_image
+
+        image_id = self.image_ids[index]
+        try:
+            source = self._read_entry(image_id) if self.archive is not None else self.folder / image_id
+            if self.raw_jpeg:
+                data = source.getvalue() if self.archive is not None else _read_file(source, image_id)
+                if data is not None and plain_jpeg(data):
+                    import torch
+
+                    return index, torch.frombuffer(bytearray(data), dtype=torch.uint8), RAW_JPEG
+                if data is not None:
+                    source = io.BytesIO(data)
+            image = open_image(source, name=image_id)
+        except ImageError as exc:
+            return index, None, str(exc).removeprefix(f"{image_id}: ")
+        return index, self.transform(image), ""
+
+    def close(self) -> None:
+        if self._zip is not None:
+            self._zip.close()
+            self._zip = None
+
+    def _read_entry(self, name: str):
+        import io
+
+        from faceattr.data.images import ImageError
+
+        if self._zip is None or self._zip_pid != os.getpid():
+            self._zip = zipfile.ZipFile(self.archive)
+            self._zip_pid = os.getpid()
+        info = self._zip.getinfo(name)
+        if info.file_size > MAX_FILE_BYTES:
+            raise ImageError(f"{name}: {info.file_size} bytes uncompressed, over the {MAX_FILE_BYTES} byte limit")
+        try:
+            return io.BytesIO(self._zip.read(info))
+        except (zipfile.BadZipFile, RuntimeError, OSError, EOFError) as exc:  # CRC error, encrypted, damaged
+            raise ImageError(f"{name}: cannot read the zip entry ({exc})") from None
+
+
+def _run_model(model, images, device):
+    """Queue the model on one batch: float32 scores left on the device (score_batch without the wait)."""
+    import torch
+
+    from faceattr.runtime import autocast
+
+    if device.type == "cuda":
+        images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
+    else:
+        images = images.to(device)
+    with autocast(device):
+        return model(images).float()
+
+
+def collate_images(items):
+    """Stack the decoded images of a batch; pass failures as (index, reason), undecoded JPEGs as (index, bytes)."""
+    import torch
+
+    good = [(index, tensor) for index, tensor, reason in items if tensor is not None and reason != RAW_JPEG]
+    errors = [(index, reason) for index, tensor, reason in items if tensor is None]
+    raw = [(index, tensor) for index, tensor, reason in items if reason == RAW_JPEG]
+    indices = torch.tensor([index for index, _ in good], dtype=torch.long)
+    batch = torch.stack([tensor for _, tensor in good]) if good else torch.empty(0)
+    return indices, batch, errors, raw
+
+
+# -- decoding JPEG batches on the device ----------------------------------------------------------
+# Device types on which plain JPEGs are decoded in batches by torchvision.io.decode_jpeg (nvjpeg on
+# CUDA) instead of PIL in the workers. Anything unusual takes the PIL path (open_image), so every
+# file keeps the same outcome and the same error reason.
+DEVICE_DECODE = ("cuda",)
+RAW_JPEG = "<raw jpeg>"  # the reason slot of an item whose tensor holds undecoded JPEG bytes
+
+
+def _read_file(path: Path, image_id: str) -> bytes | None:
+    """The file's bytes, or None when it is too large to read whole (open_image then decides)."""
+    from faceattr.data.images import ImageError
+
+    try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            return None
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ImageError(f"{image_id}: file not found") from None
+    except OSError as exc:
+        raise ImageError(f"{image_id}: cannot read the file ({exc})") from None
+
+
+def plain_jpeg(data: bytes) -> bool:
+    """True for a complete baseline RGB or grayscale JPEG that needs no EXIF rotation.
+
+    Only those go to the batched device decoder: they decode there to the same pixels PIL gives.
+    CMYK, truncated (no end marker), rotated, oversized or odd files go through open_image, which
+    converts them or names the problem. Reads only the header.
+    """
+    from PIL import Image
+
+    if not (data.startswith(b"\xff\xd8\xff") and data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9")):
+        return False
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            return (
+                image.format == "JPEG"
+                and image.mode in ("RGB", "L")
+                and not image.info.get("progressive", False)
+                and width * height <= (Image.MAX_IMAGE_PIXELS or float("inf"))
+                and image.getexif().get(0x0112, 1) == 1
+            )
+    except Exception:  # noqa: BLE001 - any header problem: let open_image report it
+        return False
+
+
+def decode_jpeg_batch(raw, device, info: dict):
+    """Decode (index, JPEG bytes) pairs on `device`; returns (indices, normalised N x 3 x H x W, errors).
+
+    One batched decode_jpeg call; if it fails (one bad image fails the batch), each image is
+    decoded alone, and any that still fails goes through open_image on the CPU, which either
+    reads it or gives the reason for the errors file. Images not of the model's size are resized
+    (bilinear, antialiased) as the PIL path does.
+    """
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    from faceattr.data.images import ImageError, open_image
+
+    datas = [data for _, data in raw]
+    with warnings.catch_warnings():
+        # torchvision 0.29 marks its decoders deprecated in favour of TorchCodec; they still work.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            decoded = decode_jpeg(datas, mode=ImageReadMode.RGB, device=device)
+        except RuntimeError:
+            decoded = []
+            for data in datas:
+                try:
+                    decoded.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+                except RuntimeError:
+                    decoded.append(None)
+
+    width, height = info["image_size"]
+    transform = _transform(info)
+    pixel_indices, pixels, pil_indices, pil_images, errors = [], [], [], [], []
+    for (index, data), image in zip(raw, decoded):
+        if image is not None:
+            if tuple(image.shape[1:]) != (height, width):  # rare: not CelebA's size
+                image = torch.nn.functional.interpolate(
+                    image[None].float(), size=(height, width), mode="bilinear", antialias=True
+                )[0].round_().clamp_(0, 255).to(torch.uint8)
+            pixel_indices.append(index)
+            pixels.append(image)
+            continue
+        try:
+            pil_image = open_image(io.BytesIO(data.numpy().tobytes()), name=str(index))
+        except ImageError as exc:
+            errors.append((index, str(exc).removeprefix(f"{index}: ")))
+            continue
+        pil_indices.append(index)
+        pil_images.append(transform(pil_image))
+
+    parts = []
+    if pixels:
+        mean = torch.tensor(info["mean"], device=device).view(1, 3, 1, 1) * 255
+        scale = 1 / (torch.tensor(info["std"], device=device).view(1, 3, 1, 1) * 255)
+        parts.append((torch.stack(pixels).float() - mean) * scale)
+    if pil_images:
+        parts.append(torch.stack(pil_images).to(device))
+    indices = torch.tensor(pixel_indices + pil_indices, dtype=torch.long)
+    if not parts:
+        return indices, torch.empty(0), errors
+    batch = torch.cat(parts)
+    if device.type == "cuda":
+        batch = batch.contiguous(memory_format=torch.channels_last)
+    return indices, batch, errors
+
+
+def list_folder(folder: Path, exclude=()) -> list[str]:
+    """Relative POSIX paths of every non-hidden file under `folder`, sorted."""
+    excluded = {Path(p).resolve() for p in exclude}
+    found = []
+    for directory, subdirs, files in os.walk(folder):
+        subdirs[:] = [d for d in subdirs if not _hidden(d)]
+        for name in files:
+            path = Path(directory) / name
+            if _hidden(name) or path.resolve() in excluded:
+                continue
+            found.append(path.relative_to(folder).as_posix())
+    return sorted(found)
+
+
+def list_zip(archive: Path) -> list[str]:
+    """Names of the non-hidden file entries of a zip, sorted; refuses unsafe or duplicate names."""
+    try:
+        with zipfile.ZipFile(archive) as handle:
+            names = [info.filename for info in handle.infolist() if not info.is_dir()]
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ValueError(f"{archive}: not a readable zip archive ({exc})") from None
+    kept = []
+    for name in names:
+        parts = PurePosixPath(name.replace("\\", "/")).parts
+        if name.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", name) or ".." in parts:
+            raise ValueError(f"{archive}: refused: entry {name!r} has an absolute path or '..'")
+        if not any(_hidden(part) for part in parts):
+            kept.append(name)
+    duplicates = sorted(name for name, count in Counter(kept).items() if count > 1)
+    if duplicates:
+        raise ValueError(f"{archive}: refused: duplicate entries {', '.join(duplicates[:5])}")
+    return sorted(kept)
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith(".") or name == "__MACOSX"
+
+
+def _transform(info: dict):
+    """The evaluation transform with the model file's input size and normalisation."""
+    from torchvision import transforms
+
+    from faceattr.data.transforms import ResizeIfNeeded
+
+    return transforms.Compose([
+        ResizeIfNeeded(tuple(info["image_size"])),
+        transforms.ToTensor(),
+        transforms.Normalize(info["mean"], info["std"]),
+    ])

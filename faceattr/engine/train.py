@@ -1,0 +1,317 @@
+"""Training: one epoch at a time, each from the previous epoch's checkpoint.
+
+`train_epoch(run, K, config)` is what `faceattr train --epoch K` and the Airflow task run: it
+rebuilds the model, optimizer, schedule and RNG from RUN/checkpoints/epoch_{K-1}.pt, trains one
+pass over the train split and writes epoch_K.pt plus RUN/metrics/train_epoch_K.json.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from faceattr.config import RunConfig
+from faceattr.fsutil import write_json
+from faceattr.run.layout import RunLayout
+from faceattr.runtime import Progress, autocast, resolve_device, rng_state, seed_everything, set_rng_state, should_compile
+
+log = logging.getLogger(__name__)
+
+
+# -- loss ---------------------------------------------------------------------------------------
+class AttributeLoss(nn.Module):
+    """The training loss on -1/+1 targets; an output >= 0 means "attribute present" for both kinds.
+
+    "mse": the write-up's MSE between the raw outputs and the -1/+1 labels.
+    "bce": BCEWithLogits on {0, 1} targets.
+    `pos_weight` (one factor per attribute) multiplies the loss of each positive label, so that a
+    rare attribute's few positives are not drowned by its negatives.
+    """
+
+    def __init__(self, kind: str = "mse", pos_weight: torch.Tensor | None = None):
+        super().__init__()
+        if kind not in ("mse", "bce"):
+            raise ValueError(f"loss: {kind!r} is not one of mse, bce")
+        self.kind = kind
+        self.register_buffer("pos_weight", pos_weight)
+
+    def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        outputs = outputs.float()  # under bf16 autocast, compute the loss in fp32
+        if self.kind == "bce":
+            return nn.functional.binary_cross_entropy_with_logits(outputs, (targets + 1) / 2, pos_weight=self.pos_weight)
+        if self.pos_weight is None:
+            return nn.functional.mse_loss(outputs, targets)
+        weights = torch.where(targets > 0, self.pos_weight, torch.ones_like(self.pos_weight))
+        return (weights * (outputs - targets) ** 2).mean()
+
+
+def positive_weights(labels: np.ndarray, mode: str = "full") -> torch.Tensor:
+    """Per attribute, negatives / positives in an N x 40 array of -1/+1, or its square root for "sqrt".
+
+    An attribute without positives is divided by 1, not 0.
+    """
+    if mode not in ("full", "sqrt"):
+        raise ValueError(f"pos_weight: {mode!r} is not one of full, sqrt")
+    labels = np.asarray(labels)
+    positives = (labels == 1).sum(axis=0)
+    negatives = (labels == -1).sum(axis=0)
+    ratio = negatives / np.maximum(positives, 1)
+    return torch.as_tensor(np.sqrt(ratio) if mode == "sqrt" else ratio, dtype=torch.float32)
+
+
+def make_loss(config: RunConfig, train_labels: np.ndarray | None = None) -> AttributeLoss:
+    """The loss `config` asks for; `train_labels` (N x 40, -1/+1) are needed for pos_weight."""
+    weights = None
+    if config.pos_weight != "none":
+        if train_labels is None:
+            raise ValueError("pos_weight: needs the train split's labels")
+        weights = positive_weights(train_labels, config.pos_weight)
+    return AttributeLoss(config.loss, weights)
+
+
+# -- optimizer and schedule --------------------------------------------------------------------
+def make_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.Optimizer:
+    """Adamax (the write-up's) or AdamW over the parameters that are not frozen."""
+    from faceattr.model import trainable_parameters
+
+    params = trainable_parameters(model)
+    if not params:
+        raise ValueError(f"freeze_children={config.freeze_children} leaves no trainable parameters in {config.arch}")
+    if config.optimizer == "adamax":
+        return torch.optim.Adamax(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    raise ValueError(f"optimizer: {config.optimizer!r} is not one of adamax, adamw")
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: RunConfig):
+    """The learning-rate schedule over config.epochs, stepped once per epoch; None for "none"."""
+    if config.schedule == "none":
+        return None
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    if config.schedule == "step":
+        # Divide the rate by 10 after each third of the run.
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, config.epochs // 3), gamma=0.1)
+    raise ValueError(f"schedule: {config.schedule!r} is not one of none, cosine, step")
+
+
+# -- one pass -----------------------------------------------------------------------------------
+def train_one_epoch(
+    model: nn.Module,
+    loader,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    *,
+    desc: str = "train",
+    log_every_s: float = 10.0,
+    channels_last: bool | None = None,
+) -> dict:
+    """One pass over `loader`; returns {"loss", "accuracy", "images", "seconds", "images_per_second"}.
+
+    Loss and accuracy (outputs >= 0 vs the -1/+1 labels, averaged over all attributes) are summed
+    on the device and read back only when progress is shown, so the GPU is not synced per batch.
+    """
+    if channels_last is None:
+        channels_last = device.type == "cuda"
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model.train()
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct_sum = torch.zeros((), device=device, dtype=torch.float64)  # per-image accuracies, summed
+    seen = 0
+    progress = Progress(len(loader.dataset), desc, log_every_s=log_every_s)
+
+    def running() -> dict[str, float]:
+        n = max(seen, 1)
+        return {"loss": loss_sum.item() / n, "acc": correct_sum.item() / n}
+
+    start = time.perf_counter()
+    for images, targets in loader:
+        images = images.to(device, non_blocking=True, memory_format=memory_format)
+        targets = targets.to(device, non_blocking=True)
+        with autocast(device):
+            outputs = model(images)
+        loss = loss_fn(outputs, targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+        batch = targets.shape[0]
+        seen += batch
+        loss_sum += loss.detach().double() * batch
+        correct_sum += ((outputs.detach() >= 0) == (targets > 0)).double().mean(dim=1).sum()
+        progress.update(batch, running)
+    progress.close()
+    if seen == 0:
+        raise ValueError("train: the loader yielded no images")
+    seconds = time.perf_counter() - start
+    figures = running()
+    return {
+        "loss": figures["loss"],
+        "accuracy": figures["acc"],
+        "images": seen,
+        "seconds": seconds,
+        "images_per_second": seen / seconds if seconds > 0 else 0.0,
+    }
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, loader, device: torch.device, max_images: int) -> int:
+    """Recompute every BatchNorm layer's running mean and variance on up to `max_images` images.
+
+    Training sees images zoomed by the augmentation (resize to 220x270, crop 178x218) while
+    evaluation sees them unzoomed; running statistics gathered during training also trail the
+    weights. Averaging the statistics afresh, with the final weights, over images prepared as
+    evaluation prepares them (`loader`: unaugmented) fits the BatchNorm layers to what they will
+    score ("precise BN"; Touvron et al. 2019 adapt BatchNorm to the test resolution the same way).
+    Weights are not touched. Returns the number of images used; 0 when the model has no BatchNorm.
+    """
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not layers or max_images <= 0:
+        return 0
+    was_training = model.training
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None  # None: a cumulative average over all batches seen
+    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    model.train()
+    seen = 0
+    try:
+        for images, _ in loader:
+            images = images[: max_images - seen].to(device, non_blocking=True, memory_format=memory_format)
+            with autocast(device):
+                model(images)
+            seen += images.shape[0]
+            if seen >= max_images:
+                break
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+        model.train(was_training)
+    return seen
+
+
+# -- one epoch of a run -------------------------------------------------------------------------
+def _load_previous(layout: RunLayout, epoch: int, config: RunConfig) -> dict | None:
+    """The checkpoint epoch `epoch` starts from (None for epoch 1), checked against `config`."""
+    from faceattr.checkpoint import load_checkpoint
+
+    if epoch == 1:
+        return None
+    path = layout.checkpoint(epoch - 1)
+    if not path.is_file():
+        trained = layout.trained_epochs()
+        raise FileNotFoundError(
+            f"{path}: epoch {epoch} starts from epoch {epoch - 1}'s checkpoint, which does not exist "
+            f"(trained epochs: {', '.join(map(str, trained)) or 'none'}); train epoch {epoch - 1} first"
+        )
+    checkpoint = load_checkpoint(path)
+    missing = sorted({"model", "optimizer", "scheduler", "rng", "epoch", "config"} - set(checkpoint))
+    if missing:
+        raise ValueError(f"{path}: not a training checkpoint (missing {', '.join(missing)})")
+    if checkpoint["epoch"] != epoch - 1:
+        raise ValueError(f"{path}: holds epoch {checkpoint['epoch']}, expected {epoch - 1}")
+    saved = RunConfig.from_dict(checkpoint["config"], source=f"{path} config")
+    config.check_resumable(saved, where=str(path))
+    return checkpoint
+
+
+def train_epoch(run_dir: str | Path, epoch: int, config: RunConfig, *, rank: int = 0, world_size: int = 1) -> dict:
+    """Train epoch `epoch` (1-based) of the run; write checkpoints/epoch_K.pt and metrics/train_epoch_K.json.
+
+    Epoch 1 starts from a fresh model (model_from_config); epoch K > 1 from epoch K-1's checkpoint,
+    restoring model, optimizer, schedule and RNG. With the same seed, re-running an epoch on CPU
+    writes identical weights: the shuffle and worker augmentation are seeded from (seed, epoch)
+    and the main-process RNG comes from the previous checkpoint.
+    """
+    from faceattr.checkpoint import save_checkpoint
+    from faceattr.data.loaders import make_loader
+    from faceattr.model import model_from_config
+
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
+        raise ValueError(f"epoch: {epoch!r} must be an integer >= 1")
+    run_dir = Path(run_dir)
+    layout = RunLayout(run_dir)
+    device = resolve_device(config.device)
+    if world_size > 1:  # one DDP rank of faceattr.engine.distributed.train_epoch
+        from faceattr.engine import distributed
+
+        device = distributed.rank_device(device, rank)
+    previous = _load_previous(layout, epoch, config)
+
+    if previous is None:
+        if config.weights == "none" and config.freeze_children > 0:
+            log.warning("freeze_children=%d with weights 'none' freezes random layers, which then never learn; "
+                        "train from scratch with freeze_children 0", config.freeze_children)
+        seed_everything(config.seed)  # the fresh head's initialisation depends on it
+        model = model_from_config(config)
+    else:
+        # The weights come from the checkpoint: do not fetch pretrained ones again.
+        model = model_from_config(config.replace(weights="none"))
+        model.load_state_dict(previous["model"])
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, config)
+    scheduler = make_scheduler(optimizer, config)
+    if previous is not None:
+        optimizer.load_state_dict(previous["optimizer"])
+        if scheduler is not None and previous["scheduler"] is not None:
+            scheduler.load_state_dict(previous["scheduler"])
+        set_rng_state(previous["rng"])
+
+    loader = make_loader(run_dir, config, "train", train=True, device=device, epoch=epoch)
+    if world_size > 1:
+        loader = distributed.shard_loader(loader, config, epoch, rank, world_size)
+    loss_fn = make_loss(config, loader.dataset.labels).to(device)
+    runner = distributed.wrap_model(model, device) if world_size > 1 else model
+    runner = torch.compile(runner) if should_compile(config.compile, device) else runner
+
+    lr = optimizer.param_groups[0]["lr"]
+    log.info(
+        "epoch %d: %d train images, %s on %s, batch %d, lr %.3g, %d loader workers",
+        epoch, len(loader.dataset), config.arch, device, loader.batch_size or config.batch_size, lr, loader.num_workers,
+    )
+    stats = train_one_epoch(runner, loader, loss_fn, optimizer, device, desc=f"epoch {epoch}")
+    if world_size > 1:
+        stats = distributed.reduce_stats(stats, device)
+    if not math.isfinite(stats["loss"]):
+        # Nothing is written: a diverged model must not become the next epoch's starting point.
+        raise RuntimeError(f"epoch {epoch}: training diverged (mean loss {stats['loss']}); try a lower lr than {lr:g}")
+    if scheduler is not None:
+        scheduler.step()
+    if config.recalibrate_bn > 0:
+        # On every DDP rank, over the same images: on CUDA the layers are SyncBatchNorm, whose
+        # forward pass needs all ranks; rank 0's result is the one saved.
+        start = time.perf_counter()
+        plain = make_loader(run_dir, config, "train", train=False, device=device)
+        used = recalibrate_batchnorm(model, plain, device, config.recalibrate_bn)
+        stats["bn_recalibration_images"] = used
+        log.info("epoch %d: BatchNorm statistics recomputed on %d unaugmented train images (%.0f s)",
+                 epoch, used, time.perf_counter() - start)
+
+    checkpoint = {
+        "model": model.state_dict(),  # the uncompiled module's keys
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "rng": rng_state(),
+        "epoch": epoch,
+        "config": config.to_dict(),
+        "train": stats,
+    }
+    path = layout.checkpoint(epoch)
+    if rank == 0:  # DDP ranks hold the same weights; one writer
+        save_checkpoint(checkpoint, path)
+        write_json(layout.metrics("train", epoch), {"epoch": epoch, "split": "train", **stats})
+    log.info(
+        "epoch %d: loss %.4f, accuracy %.4f, %.1f img/s, %.0f s -> %s",
+        epoch, stats["loss"], stats["accuracy"], stats["images_per_second"], stats["seconds"], path,
+    )
+    return {"epoch": epoch, "checkpoint": str(path), "lr": lr, **stats}

@@ -1,1 +1,0 @@
-"""Alembic migrations of the run store (faceattr.store); Store.upgrade() runs them."""

@@ -1,0 +1,1 @@
+"""Alembic migrations of the run store (faceattr.store.store); Store.upgrade() runs them."""

@@ -1,0 +1,122 @@
+"""A throwaway Airflow installation for the DAG tests.
+
+Airflow reads its configuration once, when it is first imported, so `configure()` must run
+before anything imports airflow; the DAG test modules call it at import time. The metadata DB
+is a SQLite file in a temporary AIRFLOW_HOME, migrated by `airflow db migrate` in a subprocess.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+AIRFLOW = Path(sys.executable).with_name("airflow")
+DAGS = REPO / "dags"
+MAX_EPOCHS = 3  # epoch task slots parsed in tests; runs ask for fewer to exercise skipping
+IMAGES = 60  # synthetic images per test dataset: 48 train, 6 val, 6 test; these tests are about orchestration
+
+
+def airflow_environ(home: Path, **extra: str) -> dict[str, str]:
+    """The variables that point Airflow at `home`, our dags folder and a SQLite DB there."""
+    return {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",
+        "FACEATTR_MAX_EPOCHS": str(MAX_EPOCHS),
+        **extra,
+    }
+
+
+def configure() -> Path:
+    """Point this process's Airflow at a fresh temporary home; idempotent within a process."""
+    home = os.environ.get("FACEATTR_TEST_AIRFLOW_HOME")
+    if home is None:
+        if "airflow.configuration" in sys.modules:
+            raise RuntimeError("airflow was imported before tests/airflow_env.configure(); its settings are fixed")
+        home = tempfile.mkdtemp(prefix="faceattr-airflow-")
+        os.environ.update(airflow_environ(Path(home)), FACEATTR_TEST_AIRFLOW_HOME=home)
+    return Path(home)
+
+
+def synthetic_source(out: Path) -> Path:
+    """A small synthetic dataset in the official distribution layout (the DAG's download source)."""
+    from faceattr.synth.faces import generate
+
+    generate(out, n=IMAGES, seed=7)
+    return out
+
+
+def migrate(home: Path, env: dict[str, str] | None = None) -> None:
+    """Create the metadata DB with `airflow db migrate` in a subprocess; once per home.
+
+    `env` defaults to this process's environment pointed at `home`. The `gpu` pool is left to the
+    callers: dag.test() runs tasks in-process and ignores pools; a scheduler needs it.
+    """
+    marker = home / ".migrated"
+    if marker.exists():
+        return
+    env = env or {**os.environ, **airflow_environ(home)}
+    done = subprocess.run([str(AIRFLOW), "db", "migrate"], env=env, capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        raise RuntimeError(f"airflow db migrate failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+    marker.touch()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class AirflowClient:
+    """A small client for a running api-server's REST API, shared by the scheduler and Celery tests.
+
+    Subclasses set `url`, `token` (None until login), `processes` (name -> Popen of the running
+    services) and define `logs()`, which failures quote.
+    """
+
+    url: str
+    token: str | None
+    processes: dict[str, subprocess.Popen]
+
+    def logs(self) -> str:
+        raise NotImplementedError
+
+    def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+        headers = {"Content-Type": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + path, data=data, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"{}")
+
+    def wait_for(self, what: str, check, timeout: float, every: float = 2.0):
+        """Poll check() until truthy; fail with the services' logs when a service dies or time runs out."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for name, process in self.processes.items():
+                if process.poll() is not None:
+                    raise AssertionError(f"{name} exited with {process.returncode} while waiting for {what}\n"
+                                         + self.logs())
+            try:
+                result = check()
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                result = None
+            if result:
+                return result
+            time.sleep(every)
+        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n" + self.logs())

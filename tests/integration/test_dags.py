@@ -1,0 +1,293 @@
+"""The DAG files parse cleanly and light, declare the expected tasks, pools and params, and refuse bad input.
+
+No task runs here (see test_airflow_run.py); this file stays fast.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from airflow_env import DAGS, MAX_EPOCHS, REPO, configure
+
+configure()  # before airflow is imported
+
+from airflow.dag_processing.dagbag import DagBag  # noqa: E402
+from airflow.sdk import TriggerRule  # noqa: E402
+from airflow.sdk.exceptions import ParamValidationError  # noqa: E402
+from airflow.serialization.serialized_objects import DagSerialization  # noqa: E402
+
+from faceattr.orchestration import tasks as orchestrate  # noqa: E402
+from faceattr.data.access import AccessError, check_path, data_roots  # noqa: E402
+from faceattr.config import KNOWN_ARCHS, ConfigError, RunConfig  # noqa: E402
+from faceattr.fsutil import write_json  # noqa: E402
+from faceattr.run.layout import RunLayout  # noqa: E402
+
+HEAVY = ("torch", "torchvision", "pandas", "sklearn")
+
+
+@pytest.fixture(scope="module")
+def dagbag() -> DagBag:
+    """The DAGs as parsed with the default settings (no schedule, no standing set)."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("FACEATTR_TRAIN_SCHEDULE", "FACEATTR_STANDING_SET", "FACEATTR_GPU_POOL", "FACEATTR_GPU_QUEUE"):
+            patch.delenv(name, raising=False)
+        return DagBag(dag_folder=str(DAGS), known_pools={"default_pool", "gpu"})
+
+
+def scheduler_params(dag):
+    """The params as the scheduler holds them: what create_dagrun validates a run's conf against."""
+    return DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag)).params
+
+
+def test_dag_files_import_without_errors(dagbag):
+    assert dagbag.import_errors == {}
+    assert set(dagbag.dag_ids) == {"faceattr_train", "faceattr_score"}
+
+
+def test_train_dag_tasks_and_dependencies(dagbag):
+    dag = dagbag.dags["faceattr_train"]
+    trains = [f"train_epoch_{k:02d}" for k in range(1, MAX_EPOCHS + 1)]
+    validates = [f"validate_epoch_{k:02d}" for k in range(1, MAX_EPOCHS + 1)]
+    assert set(dag.task_ids) == {"download", "split", "cache_images", *trains, *validates, "select_best", "test", "report",
+                                 "publish_model", "score_private"}
+    upstream = {task.task_id: set(task.upstream_task_ids) for task in dag.tasks}
+    assert upstream["split"] == {"download"}
+    assert upstream["cache_images"] == {"split"}
+    assert upstream["train_epoch_01"] == {"cache_images"}
+    assert upstream["train_epoch_02"] == {"train_epoch_01"}  # validate_epoch_01 may run beside it
+    assert upstream["train_epoch_03"] == {"train_epoch_02", "validate_epoch_01"}
+    assert all(upstream[v] == {t} for t, v in zip(trains, validates))
+    assert upstream["select_best"] == set(validates)
+    assert upstream["score_private"] == {"publish_model"}
+    assert dag.get_task("select_best").trigger_rule == TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS
+    assert dag.catchup is False
+
+
+def test_gpu_work_runs_in_the_gpu_pool(dagbag):
+    gpu_tasks = {f"train_epoch_{k:02d}" for k in range(1, MAX_EPOCHS + 1)}
+    gpu_tasks |= {f"validate_epoch_{k:02d}" for k in range(1, MAX_EPOCHS + 1)} | {"test", "score_private"}
+    for dag_id, expected in (("faceattr_train", gpu_tasks), ("faceattr_score", {"score_images"})):
+        dag = dagbag.dags[dag_id]
+        assert {t.task_id for t in dag.tasks if t.pool == "gpu"} == expected
+        assert all(t.queue == "default" for t in dag.tasks if t.pool == "gpu")
+
+
+def test_every_task_has_docs_and_download_backs_off(dagbag):
+    for dag in dagbag.dags.values():
+        assert dag.doc_md
+        for task in dag.tasks:
+            assert task.doc_md, f"{dag.dag_id}.{task.task_id} has no doc_md"
+    download = dagbag.dags["faceattr_train"].get_task("download")
+    assert download.retries >= 2 and download.retry_exponential_backoff > 1
+
+
+def test_model_asset_is_the_outlet_of_publish(dagbag):
+    publish = dagbag.dags["faceattr_train"].get_task("publish_model")
+    assert [asset.name for asset in publish.outlets] == [orchestrate.MODEL_ASSET_NAME]
+
+
+def test_train_params_follow_the_run_config_schema(dagbag):
+    params = dagbag.dags["faceattr_train"].params
+    schema = RunConfig.json_schema()
+    assert set(schema) | {"source", "output", "private_images"} == set(params.keys())
+    for name, field_schema in schema.items():
+        param_schema = params.get_param(name).schema
+        for key in ("minimum", "maximum", "exclusiveMinimum"):
+            if key in field_schema and not (name == "epochs" and key == "maximum"):
+                assert param_schema[key] == field_schema[key], (name, key)
+    assert params.get_param("arch").schema["enum"] == list(KNOWN_ARCHS)
+    assert params.get_param("epochs").schema["maximum"] == MAX_EPOCHS
+    assert params["epochs"] == MAX_EPOCHS  # the default is capped by the parsed task slots
+    assert params.get_param("root").schema["section"] == "Data"
+    assert all(params.get_param(name).description for name in params.keys())
+
+
+@pytest.mark.parametrize(
+    "conf, field",
+    [({"epochs": 0}, "epochs"), ({"epochs": MAX_EPOCHS + 1}, "epochs"), ({"arch": "no_such_net"}, "arch"),
+     ({"lr": -0.1}, "lr"), ({"batch_size": "64"}, "batch_size"), ({"split": "by_hair"}, "split")],
+)
+def test_bad_conf_is_refused_before_a_run_starts(dagbag, conf, field):
+    # The same call create_dagrun makes for the trigger form, the REST API and `airflow dags test -c`.
+    params = scheduler_params(dagbag.dags["faceattr_train"])
+    with pytest.raises(ParamValidationError, match=field):
+        params.deep_merge(conf).validate()
+
+
+def test_good_conf_is_accepted(dagbag):
+    params = scheduler_params(dagbag.dags["faceattr_train"])
+    values = params.deep_merge({"epochs": 2, "arch": "resnet18", "weights": "none", "lr": 0.01}).validate()
+    config = RunConfig.from_dict({k: values[k] for k in RunConfig.json_schema()})
+    assert (config.epochs, config.arch, config.lr) == (2, "resnet18", 0.01)
+
+
+def test_score_params_require_images(dagbag):
+    params = scheduler_params(dagbag.dags["faceattr_score"])
+    with pytest.raises(ParamValidationError, match="images"):
+        params.validate()
+    assert params.deep_merge({"images": "/data/x"}).validate()["model"] == "latest"
+
+
+@pytest.mark.parametrize("name", ["faceattr_train.py", "faceattr_score.py"])
+def test_dag_file_parses_fast_without_heavy_imports(name):
+    """A fresh interpreter imports Airflow, then times the DAG file alone: no torch, pandas, sklearn."""
+    script = (
+        "import json, runpy, sys, time\n"
+        "import airflow.sdk\n"
+        "start = time.perf_counter()\n"
+        f"runpy.run_path({str(DAGS / name)!r})\n"
+        "seconds = time.perf_counter() - start\n"
+        f"print(json.dumps({{'seconds': seconds, 'heavy': [m for m in {HEAVY!r} if m in sys.modules]}}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env=os.environ.copy(), cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["heavy"] == []
+    assert result["seconds"] < 1.0
+
+
+def test_schedules_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("FACEATTR_TRAIN_SCHEDULE", "@weekly")
+    monkeypatch.setenv("FACEATTR_STANDING_SET", "/srv/faceattr/standing")
+    dags = DagBag(dag_folder=str(DAGS), known_pools={"default_pool", "gpu"}).dags
+    train, score = dags["faceattr_train"], dags["faceattr_score"]
+    assert train.timetable.expression in ("@weekly", "0 0 * * 0") and train.catchup is False
+    assert [asset.name for asset in score.timetable.asset_condition.objects] == [orchestrate.MODEL_ASSET_NAME]
+    assert score.params["images"] == "/srv/faceattr/standing"
+
+
+def test_no_schedule_by_default(dagbag):
+    assert all(dag.timetable.can_be_scheduled is False for dag in dagbag.dags.values())
+
+
+def test_max_epochs_setting_is_checked(monkeypatch):
+    monkeypatch.setenv("FACEATTR_MAX_EPOCHS", "0")
+    with pytest.raises(ValueError, match="FACEATTR_MAX_EPOCHS"):
+        orchestrate.max_epochs()
+    monkeypatch.setenv("FACEATTR_MAX_EPOCHS", "")
+    assert orchestrate.max_epochs() == 12
+    assert orchestrate.epoch_task_ids("train_epoch", 12)[-1] == "train_epoch_12"
+    assert orchestrate.epoch_task_ids("train_epoch", 100)[0] == "train_epoch_001"
+
+
+# -- paths under FACEATTR_DATA_ROOTS ------------------------------------------------------------
+@pytest.fixture
+def data_root(tmp_path, monkeypatch) -> Path:
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    monkeypatch.setenv("FACEATTR_DATA_ROOTS", os.pathsep.join([str(root), str(tmp_path / "other")]))
+    return root
+
+
+def test_paths_under_a_root_are_allowed(data_root):
+    assert check_path(str(data_root / "images"), "images") == data_root.resolve() / "images"
+    assert check_path(data_root / "scores" / "new.csv", "output") == data_root.resolve() / "scores" / "new.csv"
+    assert check_path(str(data_root / "images" / ".." / "x.csv")) == data_root.resolve() / "x.csv"
+    assert len(data_roots()) == 2
+
+
+@pytest.mark.parametrize("path", ["/etc/passwd", "/etc", "{root}/../../etc", "{root}/images/../../outside.csv", "/"])
+def test_paths_outside_the_roots_are_refused(data_root, path):
+    with pytest.raises(AccessError, match="outside the allowed data roots"):
+        check_path(path.format(root=data_root), "images")
+
+
+def test_symlink_out_of_a_root_is_refused(data_root, tmp_path):
+    (tmp_path / "secret").mkdir()
+    (data_root / "link").symlink_to(tmp_path / "secret")
+    with pytest.raises(AccessError, match="resolves to"):
+        check_path(str(data_root / "link" / "file.csv"), "output")
+
+
+@pytest.mark.parametrize("path, message", [("relative/images", "not an absolute path"), ("", "no path given"),
+                                           ("/data/\x00x", "NUL")])
+def test_unusable_paths_are_refused(data_root, path, message):
+    with pytest.raises(AccessError, match=message):
+        check_path(path, "images")
+
+
+def test_roots_must_be_configured(monkeypatch):
+    monkeypatch.delenv("FACEATTR_DATA_ROOTS", raising=False)
+    with pytest.raises(AccessError, match="FACEATTR_DATA_ROOTS is not set"):
+        check_path("/tmp/x", "images")
+
+
+def test_score_request_outside_the_roots_is_refused_before_reading(data_root, monkeypatch):
+    def no_store():
+        raise AssertionError("the store was consulted before the paths were checked")
+
+    monkeypatch.setattr(orchestrate, "_store", no_store)
+    with pytest.raises(AccessError, match="images"):
+        orchestrate.check_score_request("/etc", str(data_root / "out.csv"), "latest", "manual__1")
+    with pytest.raises(AccessError, match="output"):
+        orchestrate.check_score_request(str(data_root / "images"), "/tmp/../etc/cron.d/x.csv", "latest", "manual__1")
+
+
+# -- run context and early stopping -------------------------------------------------------------
+def test_run_ids_become_safe_folder_names():
+    name = orchestrate.sanitize_run_id("manual__2025-01-02T03:04:05.678+00:00")
+    assert name == "manual__2025-01-02T03-04-05.678-00-00"
+    assert orchestrate.sanitize_run_id("../../etc") == "etc"
+    with pytest.raises(ValueError, match="run id"):
+        orchestrate.sanitize_run_id("/..")
+
+
+def test_unknown_conf_keys_are_refused():
+    with pytest.raises(ConfigError, match="epocs"):
+        orchestrate.check_conf({"epocs": 2}, set(orchestrate.train_params()))
+    orchestrate.check_conf({"epochs": 2}, set(orchestrate.train_params()))
+
+
+def test_epochs_without_gain_counts_from_the_best():
+    assert orchestrate.epochs_without_gain({}) == 0
+    assert orchestrate.epochs_without_gain({1: 0.8, 2: 0.9}) == 0
+    assert orchestrate.epochs_without_gain({1: 0.8, 2: 0.9, 3: 0.9, 4: 0.85}) == 2  # a tie is no gain
+
+
+def test_skip_reason_for_epochs_past_the_run_and_early_stop(tmp_path):
+    layout = RunLayout(tmp_path)
+    for epoch, accuracy in ((1, 0.80), (2, 0.85), (3, 0.84), (4, 0.83)):
+        write_json(layout.metrics("val", epoch), {"epoch": epoch, "split": "val", "mean_accuracy": accuracy})
+    config = RunConfig(epochs=8, patience=2)
+    assert orchestrate.skip_reason(config, tmp_path, 5) is None  # reads epochs 1..3: one without gain
+    assert "early stop" in orchestrate.skip_reason(config, tmp_path, 6)  # epochs 3 and 4 did not beat 2
+    assert orchestrate.skip_reason(config.replace(patience=0), tmp_path, 6) is None
+    assert "trains 8 epoch" in orchestrate.skip_reason(config, tmp_path, 9)
+
+
+# -- failing fast and recording failures ---------------------------------------------------------
+def _params(**changes) -> dict:
+    return {**{name: spec["default"] for name, spec in orchestrate.train_params().items()}, **changes}
+
+
+def test_bad_settings_fail_the_first_task_without_retries(data_root):
+    with pytest.raises(orchestrate.Refused, match="root: /etc is outside"):
+        orchestrate.download(_params(root="/etc", output=str(data_root / "runs")))
+    with pytest.raises(orchestrate.Refused, match="output"):
+        orchestrate.download(_params(root=str(data_root), output="/var/tmp/runs"))
+    with pytest.raises(orchestrate.Refused, match="no dataset here"):
+        orchestrate.download(_params(root=str(data_root), output=str(data_root / "runs"), source=None))
+    with pytest.raises(orchestrate.Refused, match="unknown key"):
+        orchestrate.download(_params(root=str(data_root), output=str(data_root / "runs")), {"epoch": 3})
+    assert not (data_root / "runs").exists()
+
+
+def test_a_failed_run_is_recorded_in_the_store(tmp_path, monkeypatch):
+    from faceattr.store.store import Store
+
+    monkeypatch.setenv("FACEATTR_DB_URL", f"sqlite:///{tmp_path / 'store.db'}")
+    run_dir = tmp_path / "runs" / "manual__1"
+    RunConfig().save(run_dir)
+    with Store.from_env() as store:
+        store.upsert_run("manual__1", run_dir=run_dir, config=RunConfig().to_dict(), status="running")
+    orchestrate.record_failure("manual__1", "task_failure")
+    orchestrate.record_failure("manual__never-recorded", "task_failure")  # logs, never raises
+    with Store.from_env() as store:
+        run = store.run("manual__1")
+    assert run["status"] == "failed" and run["finished_at"] is not None
