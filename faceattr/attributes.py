@@ -44,3 +44,6 @@ ATTRIBUTES: tuple[str, ...] = (
     "Wearing_Necktie",
     "Young",
 )
+
+# The three parts of a run's split (split.csv, metrics file names, caches), in reporting order.
+SPLITS: tuple[str, ...] = ("train", "val", "test")

@@ -1,14 +1,29 @@
-"""Every path inside one run folder.
+"""Every path inside one run folder (the one place that spells them).
 
-    RUN/config.json            the RunConfig
-    RUN/split.csv              image_id,split (train|val|test)
-    RUN/checkpoints/epoch_K.pt one per trained epoch
-    RUN/metrics/{split}_epoch_K.json
-    RUN/best.json, RUN/model.pt, RUN/report/, RUN/cache/
+    RUN/config.json                   the RunConfig
+    RUN/split.csv                     image_id,split (train|val|test)
+    RUN/checkpoints/epoch_K.pt        one per trained epoch
+    RUN/metrics/{split}_epoch_K.json  train figures, val/test evaluations (faceattr.run.metrics)
+    RUN/metrics/val_epoch_K.npz       raw validation scores, kept for threshold tuning
+    RUN/best.json, RUN/model.pt       the selected epoch and its inference artefact
+    RUN/private_predictions.csv       the private images scored with model.pt
+    RUN/report/, RUN/cache/{split}.npy|.json
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
+
+from faceattr.attributes import SPLITS
+
+_METRICS_NAME = re.compile(r"^(%s)_epoch_(\d+)\.json$" % "|".join(SPLITS))
+
+
+def parse_metrics_name(name: str) -> tuple[str, int] | None:
+    """(split, epoch) of a metrics file name such as "val_epoch_3.json"; None for any other name
+    (a temporary file of an interrupted write, the .npz scores, unrelated files)."""
+    match = _METRICS_NAME.match(name)
+    return None if match is None else (match.group(1), int(match.group(2)))
 
 
 class RunLayout:
@@ -32,8 +47,16 @@ class RunLayout:
     def checkpoint(self, epoch: int) -> Path:
         return self.checkpoints / f"epoch_{epoch}.pt"
 
+    @property
+    def metrics_dir(self) -> Path:
+        return self.root / "metrics"
+
     def metrics(self, split: str, epoch: int) -> Path:
-        return self.root / "metrics" / f"{split}_epoch_{epoch}.json"
+        return self.metrics_dir / f"{split}_epoch_{epoch}.json"
+
+    def scores(self, split: str, epoch: int) -> Path:
+        """Raw scores and labels of one evaluation (.npz), kept for threshold tuning."""
+        return self.metrics_dir / f"{split}_epoch_{epoch}.npz"
 
     @property
     def best(self) -> Path:
@@ -44,12 +67,20 @@ class RunLayout:
         return self.root / "model.pt"
 
     @property
+    def private_predictions(self) -> Path:
+        return self.root / "private_predictions.csv"
+
+    @property
     def report(self) -> Path:
         return self.root / "report"
 
     @property
     def cache(self) -> Path:
         return self.root / "cache"
+
+    def cache_files(self, split: str) -> tuple[Path, Path]:
+        """(RUN/cache/{split}.npy, RUN/cache/{split}.json): the decoded images and their index."""
+        return self.cache / f"{split}.npy", self.cache / f"{split}.json"
 
     def trained_epochs(self) -> list[int]:
         """Epoch numbers that have a checkpoint, ascending."""
