@@ -23,6 +23,7 @@ from typing import Any
 from faceattr.fsutil import read_json
 from faceattr.attributes import ATTRIBUTES
 from faceattr.run.layout import RunLayout
+from faceattr.run.metrics import all_epoch_metrics, read_best
 
 EPOCH_PLOT = "accuracy_per_epoch.png"
 ATTRIBUTE_PLOT = "test_attributes.png"
@@ -34,15 +35,15 @@ PAGE = "index.html"
 def write_report(run_dir: str | Path) -> Path:
     """Write RUN/report/ from the run's metrics files; returns the report folder."""
     layout = RunLayout(run_dir)
-    epochs = _epoch_rows(layout)
+    found = all_epoch_metrics(layout.root)
+    epochs = _epoch_rows(layout, found)
     if not epochs:
         raise FileNotFoundError(
-            f"{layout.root / 'metrics'}: no train or validation metrics to report; train and evaluate first"
+            f"{layout.metrics_dir}: no train or validation metrics to report; train and evaluate first"
         )
-    best = read_json(layout.best) if layout.best.is_file() else None
-    test = None
-    if best is not None and layout.metrics("test", best["epoch"]).is_file():
-        test = read_json(layout.metrics("test", best["epoch"]))
+    best = read_best(layout.root)
+    test = None if best is None else found["test"].get(best["epoch"])
+    if test is not None:
         missing = [name for name in ATTRIBUTES if name not in test.get("attributes", {})]
         if missing:
             raise ValueError(f"{layout.metrics('test', best['epoch'])}: no metrics for {', '.join(missing[:5])}")
@@ -60,23 +61,19 @@ def write_report(run_dir: str | Path) -> Path:
 
 
 # -- data -------------------------------------------------------------------------------------
-def _epoch_rows(layout: RunLayout) -> list[dict[str, Any]]:
+def _epoch_rows(layout: RunLayout, found: dict[str, dict[int, dict[str, Any]]]) -> list[dict[str, Any]]:
     """One row per epoch that has train or validation metrics: epoch, train, val, val baseline."""
     rows: dict[int, dict[str, Any]] = {}
-    metrics_dir = layout.root / "metrics"
-    for path in sorted(metrics_dir.glob("*_epoch_*.json")):
-        split, _, number = path.stem.partition("_epoch_")
-        if split not in ("train", "val") or not number.isdigit():
-            continue
-        data = read_json(path)
-        # Training writes "accuracy" (measured during the epoch); evaluate writes "mean_accuracy".
-        value = data.get("mean_accuracy", data.get("accuracy"))
-        if not isinstance(value, (int, float)):
-            raise ValueError(f"{path}: no mean_accuracy or accuracy figure")
-        row = rows.setdefault(int(number), {"epoch": int(number), "train": None, "val": None, "val_baseline": None})
-        row[split] = float(value)
-        if split == "val":
-            row["val_baseline"] = data.get("majority_baseline")
+    for split in ("train", "val"):
+        for epoch, data in found[split].items():
+            # Training writes "accuracy" (measured during the epoch); evaluate writes "mean_accuracy".
+            value = data.get("mean_accuracy", data.get("accuracy"))
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{layout.metrics(split, epoch)}: no mean_accuracy or accuracy figure")
+            row = rows.setdefault(epoch, {"epoch": epoch, "train": None, "val": None, "val_baseline": None})
+            row[split] = float(value)
+            if split == "val":
+                row["val_baseline"] = data.get("majority_baseline")
     return [rows[k] for k in sorted(rows)]
 
 

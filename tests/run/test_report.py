@@ -106,6 +106,16 @@ def test_report_before_testing_and_without_metrics(tmp_path):
     with pytest.raises(ValueError, match="val_epoch_2.json: not valid JSON"):
         write_report(broken)
 
+    # The report reads metrics through faceattr.run.metrics: a file under another epoch's name is refused.
+    misnamed = _make_run(tmp_path / "misnamed")
+    RunLayout(misnamed).metrics("val", 1).rename(RunLayout(misnamed).metrics("val", 7))
+    with pytest.raises(ValueError, match="val_epoch_7.json: field 'epoch' is 1, but the file name says 7"):
+        write_report(misnamed)
+    figureless = _make_run(tmp_path / "figureless")
+    RunLayout(figureless).metrics("train", 1).write_text('{"epoch": 1, "split": "train"}')
+    with pytest.raises(ValueError, match="train_epoch_1.json: no mean_accuracy or accuracy figure"):
+        write_report(figureless)
+
 
 def test_report_command(tmp_path, capsys):
     from faceattr.cli import main
