@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from faceattr.config import ConfigError, RunConfig, _type_name, save_or_check
+from faceattr.config import ConfigError, RunConfig, field_kind, save_or_check
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] = ()) -> None:
@@ -23,12 +23,11 @@ def _add_config_flags(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] 
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
-        kind = _type_name(f)
-        default = f.default
-        help_text = f"default {default!r}"
+        kind = field_kind(f)
+        help_text = f"default {f.metadata.get('default_help', repr(f.default))}"
         if "choices" in f.metadata:
             help_text = f"{'|'.join(f.metadata['choices'])}; {help_text}"
-        if kind.startswith("bool"):
+        if kind == "bool":
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
             caster = {"int": int, "float": float}.get(kind, str)

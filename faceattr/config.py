@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -22,13 +24,14 @@ LOSSES = ("mse", "bce")
 POS_WEIGHTS = ("none", "sqrt", "full")
 OPTIMIZERS = ("adamax", "adamw")
 SCHEDULES = ("none", "cosine", "step")
-DEVICES_HINT = "auto, cpu, cuda or cuda:N"
 DATA_PATHS = ("auto", "pil", "cache")
 # Offered in the Airflow trigger form; the library accepts any torchvision classification model.
 KNOWN_ARCHS = (
     "resnext50_32x4d", "resnet18", "resnet34", "resnet50", "resnet101", "resnext101_32x8d",
     "wide_resnet50_2", "mobilenet_v3_large", "efficientnet_b0", "convnext_tiny", "regnet_y_800mf",
 )
+
+FROZEN_PRETRAINED = 6  # the write-up's frozen children
 
 # Fields that may change between epochs of one run: they decide where and how fast it runs,
 # not what it learns. Any other difference on resume is an error.
@@ -52,7 +55,10 @@ class RunConfig:
     # model
     arch: str = "resnext50_32x4d"
     weights: str = "imagenet"  # imagenet | none | path to a state dict
-    freeze_children: int = field(default=6, metadata={"min": 0})
+    # None: what the weights allow. Frozen random layers never learn, so from scratch nothing is
+    # frozen; pretrained (or file) weights keep the write-up's first 6 children.
+    freeze_children: int | None = field(default=None, metadata={
+        "min": 0, "default_help": f"{FROZEN_PRETRAINED} with imagenet or file weights, 0 with weights none"})
     # optimisation
     epochs: int = field(default=12, metadata={"min": 1, "max": 1000})
     batch_size: int = field(default=64, metadata={"min": 1, "max": 65536})
@@ -69,7 +75,8 @@ class RunConfig:
     # After each epoch, recompute BatchNorm statistics on this many unaugmented train images (0: off)
     recalibrate_bn: int = field(default=0, metadata={"min": 0})
     # execution
-    device: str = "auto"
+    device: str = field(default="auto", metadata={"pattern": r"auto|cpu|cuda(:\d+)?",
+                                                  "hint": "auto, cpu, cuda or cuda:N"})
     num_workers: int = field(default=-1, metadata={"min": -1})  # -1: one per core, at most 8
     data_path: str = field(default="auto", metadata=_choice(*DATA_PATHS))
     compile: bool | None = None  # None: on for CUDA, off on CPU
@@ -77,8 +84,9 @@ class RunConfig:
     def __post_init__(self) -> None:
         for f in fields(self):
             _check_field(f, getattr(self, f.name))
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
-            raise ConfigError(f"device: {self.device!r} is not one of {DEVICES_HINT}")
+        if self.freeze_children is None:  # resolved once: config.json records the number that ran
+            frozen = 0 if self.weights == "none" else FROZEN_PRETRAINED
+            object.__setattr__(self, "freeze_children", frozen)
 
     # -- conversion ---------------------------------------------------------------------------
     @classmethod
@@ -135,6 +143,11 @@ class RunConfig:
         """A JSON schema per field: the Airflow trigger form's Params use it."""
         return {f.name: _field_schema(f) for f in fields(cls)}
 
+    @classmethod
+    def declared_defaults(cls) -> dict[str, Any]:
+        """Each field's default before resolution (None where it follows other fields): form defaults."""
+        return {f.name: f.default for f in fields(cls)}
+
 
 def save_or_check(config: RunConfig, run_dir: str | os.PathLike) -> RunConfig:
     """Write config.json for a new run, or check that `config` may continue the saved one."""
@@ -150,21 +163,33 @@ def _type_name(f: dataclasses.Field) -> str:
     return str(f.type).replace(" ", "")
 
 
+def field_kind(f: dataclasses.Field) -> str:
+    """bool, int, float or str: the type of a field's values other than None (for CLI flags)."""
+    return _type_name(f).removesuffix("|None")
+
+
+_JSON_TYPES = {"bool": "boolean", "int": "integer", "float": "number", "str": "string"}
+
+
 def _check_field(f: dataclasses.Field, value: Any) -> None:
-    kind = _type_name(f)
+    kind, base = _type_name(f), field_kind(f)
     meta = f.metadata
-    if kind == "bool":
+    if value is None and base != kind:
+        return
+    if base == "bool":
         ok = isinstance(value, bool)
-    elif kind == "bool|None":
-        ok = value is None or isinstance(value, bool)
-    elif kind == "int":
+    elif base == "int":
         ok = isinstance(value, int) and not isinstance(value, bool)
-    elif kind == "float":
+    elif base == "float":
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     else:
         ok = isinstance(value, str) and value != ""
     if not ok:
         raise ConfigError(f"{f.name}: expected {kind}, got {value!r}")
+    if base == "float" and not math.isfinite(value):  # nan compares False with every bound
+        raise ConfigError(f"{f.name}: {value!r} is not a finite number")
+    if "pattern" in meta and not re.fullmatch(meta["pattern"], value):
+        raise ConfigError(f"{f.name}: {value!r} is not one of {meta['hint']}")
     if "choices" in meta and value not in meta["choices"]:
         raise ConfigError(f"{f.name}: {value!r} is not one of {', '.join(meta['choices'])}")
     if "min" in meta and value < meta["min"]:
@@ -176,14 +201,13 @@ def _check_field(f: dataclasses.Field, value: Any) -> None:
 
 
 def _field_schema(f: dataclasses.Field) -> dict[str, Any]:
-    kind = _type_name(f)
-    schema: dict[str, Any] = {
-        "bool": {"type": "boolean"},
-        "bool|None": {"type": ["boolean", "null"]},
-        "int": {"type": "integer"},
-        "float": {"type": "number"},
-    }.get(kind, {"type": "string", "minLength": 1})
+    kind, base = _type_name(f), field_kind(f)
+    schema: dict[str, Any] = {"type": _JSON_TYPES[base] if base == kind else [_JSON_TYPES[base], "null"]}
+    if base == "str":
+        schema["minLength"] = 1
     meta = f.metadata
+    if "pattern" in meta:
+        schema["pattern"] = f"^(?:{meta['pattern']})$"
     if "choices" in meta:
         schema["enum"] = list(meta["choices"])
     if "min" in meta:

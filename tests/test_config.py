@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import fields
 
+import jsonschema
 import pytest
 
 from faceattr.config import ConfigError, RunConfig, save_or_check
@@ -10,11 +13,47 @@ from faceattr.config import ConfigError, RunConfig, save_or_check
 
 def test_defaults_are_the_write_up_recipe():
     config = RunConfig()
-    assert (config.arch, config.freeze_children, config.loss, config.optimizer, config.epochs) == (
-        "resnext50_32x4d", 6, "mse", "adamax", 12,
+    assert (config.arch, config.weights, config.freeze_children, config.loss, config.optimizer, config.epochs) == (
+        "resnext50_32x4d", "imagenet", 6, "mse", "adamax", 12,
     )
     # The write-up weighs every label alike and keeps the BatchNorm statistics gathered in training.
     assert (config.pos_weight, config.recalibrate_bn, config.tune_thresholds) == ("none", 0, False)
+
+
+@pytest.mark.parametrize("weights, explicit, frozen", [
+    ("imagenet", None, 6), ("/models/start.pt", None, 6), ("none", None, 0),  # what the weights allow
+    ("none", 3, 3), ("imagenet", 0, 0), ("none", 0, 0),  # the user's choice stands
+])
+def test_freeze_children_follows_the_weights_unless_set(weights, explicit, frozen, tmp_path):
+    values = {"weights": weights} if explicit is None else {"weights": weights, "freeze_children": explicit}
+    config = RunConfig.from_dict(values)
+    assert config.freeze_children == frozen
+    # config.json records the number that ran, so a later change of the default cannot change a run.
+    config.save(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["freeze_children"] == frozen
+    assert RunConfig.load(tmp_path) == config
+    # Replacing the weights (as resuming from a checkpoint does) keeps the resolved number.
+    assert config.replace(weights="none").freeze_children == frozen
+
+
+def test_old_run_config_keeps_its_saved_freeze_value(tmp_path):
+    old = {**RunConfig().to_dict(), "weights": "none", "freeze_children": 6}  # written before the default followed the weights
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    assert RunConfig.load(tmp_path).freeze_children == 6
+    save_or_check(RunConfig.from_dict(old), tmp_path)  # resuming it is no configuration change
+
+
+@pytest.mark.parametrize("name", [f.name for f in fields(RunConfig) if "float" in str(f.type)])
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_non_finite_numbers_are_refused(name, value):
+    with pytest.raises(ConfigError, match=rf"^config: {name}: {value!r} is not a finite number"):
+        RunConfig.from_dict({name: value})
+
+
+def test_nan_in_a_saved_config_names_the_file_and_field(tmp_path):
+    (tmp_path / "config.json").write_text('{"lr": NaN}')  # what json.dumps writes for float("nan")
+    with pytest.raises(ConfigError, match=r"config.json: lr: nan is not a finite number"):
+        RunConfig.load(tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -27,7 +66,7 @@ def test_defaults_are_the_write_up_recipe():
         ("tune_thresholds", 1, "tune_thresholds: expected bool"),
         ("pos_weight", "half", "pos_weight: 'half' is not one of none, sqrt, full"),
         ("recalibrate_bn", -1, "recalibrate_bn: -1 is below the minimum 0"),
-        ("device", "tpu", "device: 'tpu'"),
+        ("device", "tpu", "device: 'tpu' is not one of auto, cpu, cuda or cuda:N"),
     ],
 )
 def test_bad_values_name_the_field(field, value, words):
@@ -57,9 +96,56 @@ def test_resume_allows_execution_changes_only(tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["epochs"] == 20
 
 
-def test_json_schema_matches_validation():
+# -- the trigger form's schema and the library's validation agree at every boundary -------------
+# Values of each JSON type (no whole floats: JSON schema counts 1.0 as an integer, Python does not).
+PROBES = [None, True, False, -1, 0, 1, 2, 1.5, -0.5, "", "x", "auto", "cpu", "cuda", "cuda:0", "cuda:12",
+          "cuda:", "cuda:x", " cpu", "CPU", [], {}]
+
+
+def _boundary_probes(schema: dict) -> list:
+    """Values on and just beyond each bound, each choice and one near miss, from the schema alone."""
+    integer = "integer" in schema["type"]
+    step = 1 if integer else 1e-9
+    probes = []
+    for key, inside, outside in (("minimum", 0, -step), ("maximum", 0, step), ("exclusiveMinimum", step, 0)):
+        if key in schema:
+            bound = schema[key]
+            probes += [bound + inside, bound + outside]
+            if not integer:  # a float field takes integers too
+                probes += [int(bound) - 1, int(bound) + 1]
+    for choice in schema.get("enum", []):
+        probes += [choice, choice.upper(), choice + " "]
+    return probes
+
+
+def _accepted(name: str, value) -> bool:
+    try:
+        RunConfig(**{name: value})  # not from_dict, which also reads pos_weight's old true/false
+    except ConfigError as exc:
+        assert str(exc).startswith(f"{name}: "), f"{name}={value!r}: the message names another field: {exc}"
+        return False
+    return True
+
+
+@pytest.mark.parametrize("name", [f.name for f in fields(RunConfig)])
+def test_json_schema_matches_validation_at_every_boundary(name):
+    schema = RunConfig.json_schema()[name]
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    disagreements = [
+        (value, validator.is_valid(value), accepted)
+        for value in PROBES + _boundary_probes(schema)
+        if validator.is_valid(value) != (accepted := _accepted(name, value))
+    ]
+    assert not disagreements, f"{name}: (value, schema valid, RunConfig accepts): {disagreements}"
+    assert validator.is_valid(RunConfig.declared_defaults()[name])
+
+
+def test_every_bound_is_in_the_schema():
+    """Each check RunConfig makes from a field's metadata shows in its schema, so the probes above cover it."""
+    keys = {"min": "minimum", "max": "maximum", "exclusive_min": "exclusiveMinimum", "choices": "enum",
+            "pattern": "pattern"}
     schema = RunConfig.json_schema()
-    assert schema["epochs"] == {"type": "integer", "minimum": 1, "maximum": 1000}
-    assert schema["loss"]["enum"] == ["mse", "bce"]
-    assert schema["lr"]["exclusiveMinimum"] == 0.0
-    assert schema["compile"]["type"] == ["boolean", "null"]
+    for f in fields(RunConfig):
+        for key in set(f.metadata) & set(keys):
+            assert keys[key] in schema[f.name], (f.name, key)
