@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from faceattr.fsutil import write_json
-
-CONFIG_FILE = "config.json"
+from faceattr.run.layout import RunLayout
 
 SPLIT_STRATEGIES = ("random", "official", "identity")
 LOSSES = ("mse", "bce")
@@ -112,11 +111,11 @@ class RunConfig:
 
     # -- persistence --------------------------------------------------------------------------
     def save(self, run_dir: str | os.PathLike) -> Path:
-        return write_json(Path(run_dir) / CONFIG_FILE, self.to_dict())
+        return write_json(RunLayout(run_dir).config, self.to_dict())
 
     @classmethod
     def load(cls, run_dir: str | os.PathLike) -> "RunConfig":
-        path = Path(run_dir) / CONFIG_FILE
+        path = RunLayout(run_dir).config
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no run config; start the run with 'faceattr split' or 'faceattr fit'")
         try:
@@ -151,7 +150,7 @@ class RunConfig:
 
 def save_or_check(config: RunConfig, run_dir: str | os.PathLike) -> RunConfig:
     """Write config.json for a new run, or check that `config` may continue the saved one."""
-    path = Path(run_dir) / CONFIG_FILE
+    path = RunLayout(run_dir).config
     if path.exists():
         saved = RunConfig.load(run_dir)
         config.check_resumable(saved, where=str(path))

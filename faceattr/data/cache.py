@@ -64,8 +64,7 @@ def cache_paths(run_dir: str | Path, split: str) -> tuple[Path, Path]:
     """(RUN/cache/{split}.npy, RUN/cache/{split}.json)."""
     if split not in SPLITS:
         raise ValueError(f"split: {split!r} is not one of {', '.join(SPLITS)}")
-    folder = RunLayout(run_dir).cache
-    return folder / f"{split}.npy", folder / f"{split}.json"
+    return RunLayout(run_dir).cache_files(split)
 
 
 def ids_digest(image_ids: Sequence[str]) -> str:
