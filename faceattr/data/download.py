@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from faceattr.fsutil import read_json, write_json
+from faceattr.progress import Progress
 from faceattr.data.labels import OFFICIAL_COUNT, looks_like_html, read_attributes, read_identity, read_partition
 from faceattr.data.layout import ATTR_FILE, IDENTITY_FILE, IMAGES_DIR, IMAGES_ZIP, PARTITION_FILE, celeba_dir
 
@@ -227,7 +228,7 @@ def _extract(zip_path: Path, origin: str, image_names: set[str], staging: Path) 
         members = _image_members(archive, origin)
         _check_missing(origin, image_names, members.keys())
         total = sum(info.file_size for info in members.values())
-        with _Progress(f"extract {zip_path.name}", total, unit="B") as progress, \
+        with Progress(total, f"extract {zip_path.name}", unit="B", log_every_s=LOG_EVERY_S) as progress, \
                 ThreadPoolExecutor(EXTRACT_THREADS) as pool:
             for size in pool.map(write, members.items()):  # an error cancels the entries not started
                 progress.update(size)
@@ -266,7 +267,7 @@ def _copy_folder(folder: Path, image_names: set[str], staging: Path) -> Path:
     _check_missing(str(folder), image_names, present)
     out = staging / IMAGES_DIR
     out.mkdir()
-    with _Progress(f"copy {folder}", len(present), unit="files") as progress:
+    with Progress(len(present), f"copy {folder}", unit="files", log_every_s=LOG_EVERY_S) as progress:
         for name in present:
             shutil.copyfile(folder / name, out / name)
             progress.update(1)
@@ -345,7 +346,7 @@ def _http_download(url: str, target: Path) -> bool:
         raise DownloadError(f"{url}: cannot download ({getattr(exc, 'reason', exc)})") from None
     with response, open(target, "wb") as out:
         total = int(response.headers.get("Content-Length") or 0) or None
-        with _Progress(f"download {url}", total, unit="B") as progress:
+        with Progress(total, f"download {url}", unit="B", log_every_s=LOG_EVERY_S) as progress:
             try:
                 while chunk := response.read(CHUNK):
                     out.write(chunk)
@@ -422,7 +423,8 @@ def _check_md5(origin: str, actual: str, expected: str) -> None:
 def _hash_file(path: Path, origin: str, progress: bool = False) -> dict[str, str]:
     md5, sha256 = hashlib.md5(), hashlib.sha256()
     total = path.stat().st_size
-    with open(path, "rb") as src, _Progress(f"verify {origin}", total, unit="B", enabled=progress) as bar:
+    with open(path, "rb") as src, \
+            Progress(total, f"verify {origin}", unit="B", log_every_s=LOG_EVERY_S, enabled=progress) as bar:
         while chunk := src.read(CHUNK):
             md5.update(chunk)
             sha256.update(chunk)
@@ -518,44 +520,3 @@ def _first(names: list[str], k: int = 5) -> str:
 
 def _elapsed(started: float) -> str:
     return f"{time.monotonic() - started:.1f} s"
-
-
-class _Progress:
-    """A tqdm bar on a terminal; in a log (stderr not a TTY), a plain line every LOG_EVERY_S seconds."""
-
-    def __init__(self, desc: str, total: int | None, unit: str = "B", enabled: bool = True):
-        self.desc, self.total, self.unit, self.enabled = desc, total, unit, enabled
-        self.done = 0
-        self.bar = None
-        self.last_log = time.monotonic()
-        if self.enabled and sys.stderr.isatty():
-            from tqdm import tqdm
-
-            scale = unit == "B"
-            self.bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=scale, unit_divisor=1024 if scale else 1000)
-
-    def __enter__(self) -> "_Progress":
-        return self
-
-    def update(self, n: int) -> None:
-        self.done += n
-        if self.bar is not None:
-            self.bar.update(n)
-        elif self.enabled and time.monotonic() - self.last_log >= LOG_EVERY_S:
-            self.last_log = time.monotonic()
-            self._log()
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        elif self.enabled and exc[0] is None:
-            self._log()
-
-    def _log(self) -> None:
-        if self.unit == "B":
-            done = f"{self.done / 2**20:,.1f} MiB"
-            total = f"{self.total / 2**20:,.1f} MiB" if self.total else "?"
-        else:
-            done, total = f"{self.done:,}", f"{self.total:,}" if self.total else "?"
-        percent = f" ({100 * self.done / self.total:.0f}%)" if self.total else ""
-        log.info("%s: %s of %s%s", self.desc, done, total, percent)

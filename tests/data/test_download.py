@@ -182,11 +182,11 @@ def test_interrupted_run_leaves_nothing_trusted(source, tmp_path, monkeypatch):
 
 def test_progress_lines_when_not_a_terminal(source, tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(download, "LOG_EVERY_S", 0.0)
-    with caplog.at_level(logging.INFO, logger="faceattr.data.download"):
+    with caplog.at_level(logging.INFO, logger="faceattr.progress"):
         acquire(str(source), tmp_path / "root")
     extract_lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("extract ")]
-    assert len(extract_lines) >= 120  # one per entry at interval 0, plus the final line
-    assert extract_lines[-1].endswith("(100%)")
+    assert len(extract_lines) == 120  # one per entry at interval 0, the last one at 100 %
+    assert " MiB (100%), " in extract_lines[-1]
 
 
 # -- an http mirror ---------------------------------------------------------------------------------
