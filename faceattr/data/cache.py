@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
+from faceattr.attributes import SPLITS
 from faceattr.fsutil import atomic_path, read_json, write_json
 from faceattr.data.images import IMAGE_SIZE
 from faceattr.run.layout import RunLayout
@@ -50,7 +51,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 CHUNK_IMAGES = 256  # images decoded, held and written at a time (~30 MB at 178x218)
 FORMAT_VERSION = 1
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from faceattr.attributes import SPLITS
 from faceattr.fsutil import write_text
 from faceattr.data.labels import read_attributes, read_identity, read_partition
 from faceattr.data.layout import ATTR_FILE, IDENTITY_FILE, PARTITION_FILE, celeba_dir
@@ -23,7 +24,6 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
-SPLITS = ("train", "val", "test")
 STRATEGIES = ("random", "official", "identity")
 HELD_OUT = 0.2  # val + test share; the held-out part is then halved
 
