@@ -12,7 +12,7 @@ exactly as `faceattr predict` does, and records the scoring job in the store.
 * With `FACEATTR_STANDING_SET` set, the DAG is also scheduled on the `faceattr/model` asset: each
   newly published model re-scores that standing set.
 
-All logic is in `faceattr.orchestration.tasks`; this file is the table of contents.
+All logic is in `faceattr.orchestration.scoring`; this file is the table of contents.
 """
 from __future__ import annotations
 
@@ -20,23 +20,25 @@ from datetime import datetime, timezone
 
 from airflow.sdk import DAG, Asset, Param, task
 
-from faceattr.orchestration import tasks as orchestrate
+from faceattr import settings
+from faceattr.orchestration import params as forms, scoring
+from faceattr.orchestration.tasks import MODEL_ASSET_NAME, sanitize_run_id
 
-MODEL_ASSET = Asset(orchestrate.MODEL_ASSET_NAME)
+MODEL_ASSET = Asset(MODEL_ASSET_NAME)
 
 
 @task(doc_md="Checks the images and output paths against FACEATTR_DATA_ROOTS and finds the model file; "
              "nothing is read or written before this passes.")
 def check_request(params=None, run_id=None):
-    return orchestrate.check_score_request(params["images"], params["output"], params["model"], run_id)
+    return scoring.check_score_request(params["images"], params["output"], params["model"], run_id)
 
 
-@task(pool=orchestrate.gpu_pool(), queue=orchestrate.gpu_queue(),
+@task(pool=settings.gpu_pool(), queue=settings.gpu_queue(),
       doc_md="Predicts every image into the CSV and errors file (written atomically) and records the scoring job.")
 def score_images(request: dict, params=None, run_id=None):
-    return orchestrate.score(
+    return scoring.score(
         request["images"], request["output"], request["model"],
-        job_id=f"faceattr_score-{orchestrate.sanitize_run_id(run_id)}",
+        job_id=f"faceattr_score-{sanitize_run_id(run_id)}",
         batch_size=params["batch_size"], device=params["device"], scores=params["scores"],
     )
 
@@ -44,10 +46,10 @@ def score_images(request: dict, params=None, run_id=None):
 with DAG(
     dag_id="faceattr_score",
     description="Score a folder or zip of images with a published faceattr model",
-    schedule=[MODEL_ASSET] if orchestrate.standing_set() else None,
+    schedule=[MODEL_ASSET] if settings.standing_set() else None,
     start_date=datetime(2024, 1, 1, tzinfo=timezone.utc),
     catchup=False,
-    params={name: Param(**spec) for name, spec in orchestrate.score_params().items()},
+    params={name: Param(**spec) for name, spec in forms.score_params().items()},
     doc_md=__doc__,
     tags=["faceattr"],
 ):

@@ -4,33 +4,37 @@
 Trains, selects and publishes the 40-attribute CelebA classifier (ResNeXt50 32x4d, MSE on ±1
 labels, Adamax, as in the write-up):
 
-download → split → cache_images → train_epoch_01 → validate_epoch_01, train_epoch_02 → … → select_best → test →
+download → split → cache_images → epoch_01 (train → validate) → epoch_02 → … → select_best → test →
 report → publish_model → score_private
 
-* One train and one validate task per epoch, up to `FACEATTR_MAX_EPOCHS` (set when the file is
-  parsed). A run's `epochs` below that, or early stopping (`patience`), marks the remaining epoch
-  tasks **skipped** and the run goes on to selection.
-* Validation of epoch K overlaps training of epoch K+1 where the `gpu` pool has room; training
-  epoch K waits for validation of epoch K-2, which early stopping reads.
-* Training, validation, test and scoring run in the `gpu` pool (`FACEATTR_GPU_POOL`) on the queue
-  `FACEATTR_GPU_QUEUE`. Clearing a task redoes only its own outputs; a retried epoch restarts from
-  the previous epoch's checkpoint.
+* One task group per epoch, `epoch_01` … up to `FACEATTR_MAX_EPOCHS` (set when the file is
+  parsed), each holding its `train` and `validate` tasks. A run's `epochs` below that, or early
+  stopping (`patience`), marks the remaining groups **skipped** (the reason is the task's first
+  log line) and the run goes on to selection.
+* GPU tasks take turns: training, validation, test and scoring run in the `gpu` pool
+  (`FACEATTR_GPU_POOL`, one slot) on the queue `FACEATTR_GPU_QUEUE`. Epoch K+1 trains after
+  epoch K is validated, so early stopping and the curves see every epoch as soon as it ends, and
+  the DAG stops at the same epoch as `faceattr fit`.
+* Clearing a task redoes only its own outputs; a retried epoch restarts from the previous
+  epoch's checkpoint.
 * The run folder is `<output>/<run id>`; `publish_model` records the run in the store
   (`FACEATTR_DB_URL`), makes its model current and emits the `faceattr/model` asset event.
 * Paths in the form must lie under `FACEATTR_DATA_ROOTS`.
 
-All logic is in `faceattr.orchestration.tasks`; this file is the table of contents.
+All logic is in `faceattr.orchestration` (params: the form; tasks: the task bodies; scoring);
+this file is the table of contents.
 """
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from airflow.sdk import DAG, Asset, Param, TriggerRule, task
+from airflow.sdk import DAG, Asset, Param, TaskGroup, TriggerRule, task
 
-from faceattr.orchestration import tasks as orchestrate
+from faceattr import settings
+from faceattr.orchestration import params as forms, scoring, tasks as orchestrate
 
-MAX_EPOCHS = orchestrate.max_epochs()
-GPU = {"pool": orchestrate.gpu_pool(), "queue": orchestrate.gpu_queue()}
+MAX_EPOCHS = settings.max_epochs()
+GPU = {"pool": settings.gpu_pool(), "queue": settings.gpu_queue()}
 MODEL_ASSET = Asset(orchestrate.MODEL_ASSET_NAME)
 
 
@@ -55,7 +59,8 @@ def cache_images(params=None, run_id=None):
     return orchestrate.cache_images(params, run_id)
 
 
-@task(**GPU, retries=1, retry_delay=timedelta(minutes=1))
+# none_failed: an epoch after a skipped one still starts, to log why it is skipped too.
+@task(**GPU, retries=1, retry_delay=timedelta(minutes=1), trigger_rule=TriggerRule.NONE_FAILED)
 def train_epoch(epoch: int, params=None, run_id=None):
     return orchestrate.train(params, run_id, epoch)
 
@@ -97,7 +102,7 @@ def publish_model(params=None, run_id=None, outlet_events=None):
 @task(**GPU, doc_md="Predicts the private images (param `private_images`) into RUN/private_predictions.csv; "
                     "skipped when none are given.")
 def score_private(params=None, run_id=None):
-    return orchestrate.score_private(params, run_id)
+    return scoring.score_private(params, run_id)
 
 
 def _record_failure(context):
@@ -107,35 +112,28 @@ def _record_failure(context):
 with DAG(
     dag_id="faceattr_train",
     description="Train, select and publish the CelebA 40-attribute classifier",
-    schedule=orchestrate.train_schedule(),
+    schedule=settings.train_schedule(),
     start_date=datetime(2024, 1, 1, tzinfo=timezone.utc),
     catchup=False,
-    params={name: Param(**spec) for name, spec in orchestrate.train_params().items()},
+    params={name: Param(**spec) for name, spec in forms.train_params().items()},
     doc_md=__doc__,
     tags=["faceattr"],
     on_failure_callback=_record_failure,
 ):
-    trains = [
-        train_epoch.override(
-            task_id=task_id,
-            doc_md=f"Trains epoch {epoch} from epoch {epoch - 1}'s checkpoint and writes checkpoints/epoch_{epoch}.pt. "
-                   "Skipped past the run's `epochs` or when early stopping has triggered.",
-        )(epoch)
-        for epoch, task_id in enumerate(orchestrate.epoch_task_ids("train_epoch", MAX_EPOCHS), start=1)
-    ]
-    validates = [
-        validate_epoch.override(
-            task_id=task_id,
-            doc_md=f"Scores epoch {epoch}'s checkpoint on the validation split (metrics/val_epoch_{epoch}.json).",
-        )(epoch)
-        for epoch, task_id in enumerate(orchestrate.epoch_task_ids("validate_epoch", MAX_EPOCHS), start=1)
-    ]
+    epochs = []
+    for epoch, group_id in enumerate(orchestrate.epoch_group_ids(MAX_EPOCHS), start=1):
+        with TaskGroup(group_id, tooltip=f"Epoch {epoch}: train, then validate") as group:
+            train_epoch.override(
+                task_id="train",
+                doc_md=f"Trains epoch {epoch} from epoch {epoch - 1}'s checkpoint and writes "
+                       f"checkpoints/epoch_{epoch}.pt. Skipped past the run's `epochs` or on early stopping.",
+            )(epoch) >> validate_epoch.override(
+                task_id="validate",
+                doc_md=f"Scores epoch {epoch}'s checkpoint on the validation split (metrics/val_epoch_{epoch}.json).",
+            )(epoch)
+        epochs.append(group)
 
-    download() >> split() >> cache_images() >> trains[0]
-    for k in range(MAX_EPOCHS):
-        trains[k] >> validates[k]
-        if k + 1 < MAX_EPOCHS:
-            trains[k] >> trains[k + 1]
-        if k + 2 < MAX_EPOCHS:
-            validates[k] >> trains[k + 2]  # early stopping reads it; validate K overlaps train K+1
-    validates >> select_best() >> test() >> report() >> publish_model() >> score_private()
+    download() >> split() >> cache_images() >> epochs[0]
+    for previous, following in zip(epochs, epochs[1:]):
+        previous >> following  # epoch K+1 trains once epoch K is validated: early stopping reads it
+    epochs >> select_best() >> test() >> report() >> publish_model() >> score_private()

@@ -29,9 +29,7 @@ from faceattr.run.layout import RunLayout  # noqa: E402
 pytestmark = pytest.mark.slow
 
 EPOCHS = 2  # of MAX_EPOCHS parsed slots
-SKIPPED = {f"train_epoch_{k:02d}" for k in range(EPOCHS + 1, MAX_EPOCHS + 1)} | {
-    f"validate_epoch_{k:02d}" for k in range(EPOCHS + 1, MAX_EPOCHS + 1)
-}
+SKIPPED = {f"epoch_{k:02d}.{step}" for k in range(EPOCHS + 1, MAX_EPOCHS + 1) for step in ("train", "validate")}
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +147,7 @@ def test_store_holds_the_run_its_epochs_and_the_current_model(train_run):
 
 
 def test_rerunning_a_task_redoes_only_its_own_outputs(train_run, workspace):
-    """What clearing validate_epoch_01 in the UI does: its metrics are rewritten, nothing else is touched."""
+    """What clearing epoch_01.validate in the UI does: its metrics are rewritten, nothing else is touched."""
     from faceattr.orchestration import tasks as orchestrate
 
     dag_run, run_dir = train_run
@@ -165,9 +163,9 @@ def test_rerunning_a_task_redoes_only_its_own_outputs(train_run, workspace):
 
 
 def _defaults() -> dict:
-    from faceattr.orchestration import tasks as orchestrate
+    from faceattr.orchestration import params as forms
 
-    return {name: spec["default"] for name, spec in orchestrate.train_params().items()}
+    return {name: spec["default"] for name, spec in forms.train_params().items()}
 
 
 def test_score_dag_writes_the_csv_and_records_the_job(dags, train_run, workspace):

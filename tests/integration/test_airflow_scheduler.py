@@ -140,7 +140,7 @@ def test_train_dag_runs_under_the_scheduler(airflow):
     states = {ti["task_id"]: ti["state"] for ti in body["task_instances"]}
     assert state == "success", f"{states}\n{airflow.logs()}"
     assert states == {
-        "download": "success", "split": "success", "cache_images": "success", "train_epoch_01": "success", "validate_epoch_01": "success",
+        "download": "success", "split": "success", "cache_images": "success", "epoch_01.train": "success", "epoch_01.validate": "success",
         "select_best": "success", "test": "success", "report": "success", "publish_model": "success",
         "score_private": "skipped",
     }

@@ -33,7 +33,7 @@ from conftest import STRICT
 pytestmark = [pytest.mark.slow, pytest.mark.services]
 
 EPOCHS = 2
-GPU_TASKS = {"cache_images", "train_epoch_01", "train_epoch_02", "validate_epoch_01", "validate_epoch_02", "test"}
+GPU_TASKS = {"cache_images", "epoch_01.train", "epoch_02.train", "epoch_01.validate", "epoch_02.validate", "test"}
 CPU_TASKS = {"download", "split", "select_best", "report", "publish_model", "score_private"}
 
 
@@ -136,7 +136,7 @@ def runs(cluster) -> dict:
 
     # Kill once epoch 2's training loop has started: train_epoch logs "epoch 2: N train images ..."
     # right before the first batch.
-    log = _attempt_log(cluster, faulty, "train_epoch_02", 1)
+    log = _attempt_log(cluster, faulty, "epoch_02.train", 1)
     cluster.wait_for("the faulty run's epoch 2 to start training",
                      lambda: log.is_file() and "epoch 2: " in log.read_text(errors="replace"), timeout=360, every=0.2)
     cluster.kill("worker-gpu")
@@ -183,7 +183,7 @@ def test_killed_gpu_worker_mid_epoch_is_retried_and_matches(cluster, runs):
     run_id = runs["faulty"]
     run_dir = _run_dir(cluster, run_id)
     assert not runs["saved_before_kill"], "the kill came after epoch 2 was saved: it did not interrupt the epoch"
-    _, body = cluster.request("GET", f"/api/v2/dags/faceattr_train/dagRuns/{run_id}/taskInstances/train_epoch_02/tries")
+    _, body = cluster.request("GET", f"/api/v2/dags/faceattr_train/dagRuns/{run_id}/taskInstances/epoch_02.train/tries")
     tries = {t["try_number"]: t for t in body["task_instances"]}
     assert sorted(tries) == [1, 2], body
     assert tries[1]["hostname"] == "worker-gpu" and tries[1]["state"] == "failed", tries[1]

@@ -21,7 +21,8 @@ from airflow.sdk import TriggerRule  # noqa: E402
 from airflow.sdk.exceptions import ParamValidationError  # noqa: E402
 from airflow.serialization.serialized_objects import DagSerialization  # noqa: E402
 
-from faceattr.orchestration import tasks as orchestrate  # noqa: E402
+from faceattr import settings  # noqa: E402
+from faceattr.orchestration import params as forms, scoring, tasks as orchestrate  # noqa: E402
 from faceattr.data.access import AccessError, check_path, data_roots  # noqa: E402
 from faceattr.config import KNOWN_ARCHS, ConfigError, RunConfig  # noqa: E402
 from faceattr.fsutil import write_json  # noqa: E402
@@ -51,17 +52,20 @@ def test_dag_files_import_without_errors(dagbag):
 
 def test_train_dag_tasks_and_dependencies(dagbag):
     dag = dagbag.dags["faceattr_train"]
-    trains = [f"train_epoch_{k:02d}" for k in range(1, MAX_EPOCHS + 1)]
-    validates = [f"validate_epoch_{k:02d}" for k in range(1, MAX_EPOCHS + 1)]
+    trains = [f"epoch_{k:02d}.train" for k in range(1, MAX_EPOCHS + 1)]
+    validates = [f"epoch_{k:02d}.validate" for k in range(1, MAX_EPOCHS + 1)]
     assert set(dag.task_ids) == {"download", "split", "cache_images", *trains, *validates, "select_best", "test", "report",
                                  "publish_model", "score_private"}
+    assert [group for group in dag.task_group.children if group.startswith("epoch_")] == \
+        [f"epoch_{k:02d}" for k in range(1, MAX_EPOCHS + 1)]
     upstream = {task.task_id: set(task.upstream_task_ids) for task in dag.tasks}
     assert upstream["split"] == {"download"}
     assert upstream["cache_images"] == {"split"}
-    assert upstream["train_epoch_01"] == {"cache_images"}
-    assert upstream["train_epoch_02"] == {"train_epoch_01"}  # validate_epoch_01 may run beside it
-    assert upstream["train_epoch_03"] == {"train_epoch_02", "validate_epoch_01"}
+    assert upstream["epoch_01.train"] == {"cache_images"}
+    # Epoch K+1 trains after epoch K is validated: the doc says GPU tasks take turns, never overlap.
+    assert all(upstream[trains[k + 1]] == {validates[k]} for k in range(MAX_EPOCHS - 1))
     assert all(upstream[v] == {t} for t, v in zip(trains, validates))
+    assert all(dag.get_task(t).trigger_rule == TriggerRule.NONE_FAILED for t in trains[1:])  # each logs its skip
     assert upstream["select_best"] == set(validates)
     assert upstream["score_private"] == {"publish_model"}
     assert dag.get_task("select_best").trigger_rule == TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS
@@ -69,12 +73,23 @@ def test_train_dag_tasks_and_dependencies(dagbag):
 
 
 def test_gpu_work_runs_in_the_gpu_pool(dagbag):
-    gpu_tasks = {f"train_epoch_{k:02d}" for k in range(1, MAX_EPOCHS + 1)}
-    gpu_tasks |= {f"validate_epoch_{k:02d}" for k in range(1, MAX_EPOCHS + 1)} | {"test", "score_private"}
+    gpu_tasks = {f"epoch_{k:02d}.{step}" for k in range(1, MAX_EPOCHS + 1) for step in ("train", "validate")}
+    gpu_tasks |= {"test", "score_private"}
     for dag_id, expected in (("faceattr_train", gpu_tasks), ("faceattr_score", {"score_images"})):
         dag = dagbag.dags[dag_id]
         assert {t.task_id for t in dag.tasks if t.pool == "gpu"} == expected
-        assert all(t.queue == "default" for t in dag.tasks if t.pool == "gpu")
+        assert all(t.queue == "default" and t.pool_slots == 1 for t in dag.tasks if t.pool == "gpu")
+
+
+def test_the_gpu_pool_has_one_slot_wherever_it_is_created():
+    """The DAG's doc says GPU tasks take turns: every script that creates the pool gives it one slot."""
+    import re
+
+    created = {}
+    for path in (REPO / "scripts" / "airflow.sh", REPO / "scripts" / "run.sh", REPO / "docker" / "docker-compose.yaml"):
+        created[path.name] = re.findall(r"airflow pools set gpu (\d+)", path.read_text())
+    assert all(slots == ["1"] for slots in created.values()), created
+    assert "take turns" in (DAGS / "faceattr_train.py").read_text()
 
 
 def test_every_task_has_docs_and_download_backs_off(dagbag):
@@ -169,11 +184,11 @@ def test_no_schedule_by_default(dagbag):
 def test_max_epochs_setting_is_checked(monkeypatch):
     monkeypatch.setenv("FACEATTR_MAX_EPOCHS", "0")
     with pytest.raises(ValueError, match="FACEATTR_MAX_EPOCHS"):
-        orchestrate.max_epochs()
+        settings.max_epochs()
     monkeypatch.setenv("FACEATTR_MAX_EPOCHS", "")
-    assert orchestrate.max_epochs() == 12
-    assert orchestrate.epoch_task_ids("train_epoch", 12)[-1] == "train_epoch_12"
-    assert orchestrate.epoch_task_ids("train_epoch", 100)[0] == "train_epoch_001"
+    assert settings.max_epochs() == 12
+    assert orchestrate.epoch_group_ids(12)[-1] == "epoch_12"
+    assert orchestrate.epoch_group_ids(100)[0] == "epoch_001"
 
 
 # -- paths under FACEATTR_DATA_ROOTS ------------------------------------------------------------
@@ -222,11 +237,11 @@ def test_score_request_outside_the_roots_is_refused_before_reading(data_root, mo
     def no_store():
         raise AssertionError("the store was consulted before the paths were checked")
 
-    monkeypatch.setattr(orchestrate, "_store", no_store)
+    monkeypatch.setattr(scoring, "store", no_store)
     with pytest.raises(AccessError, match="images"):
-        orchestrate.check_score_request("/etc", str(data_root / "out.csv"), "latest", "manual__1")
+        scoring.check_score_request("/etc", str(data_root / "out.csv"), "latest", "manual__1")
     with pytest.raises(AccessError, match="output"):
-        orchestrate.check_score_request(str(data_root / "images"), "/tmp/../etc/cron.d/x.csv", "latest", "manual__1")
+        scoring.check_score_request(str(data_root / "images"), "/tmp/../etc/cron.d/x.csv", "latest", "manual__1")
 
 
 # -- run context and early stopping -------------------------------------------------------------
@@ -240,14 +255,8 @@ def test_run_ids_become_safe_folder_names():
 
 def test_unknown_conf_keys_are_refused():
     with pytest.raises(ConfigError, match="epocs"):
-        orchestrate.check_conf({"epocs": 2}, set(orchestrate.train_params()))
-    orchestrate.check_conf({"epochs": 2}, set(orchestrate.train_params()))
-
-
-def test_epochs_without_gain_counts_from_the_best():
-    assert orchestrate.epochs_without_gain({}) == 0
-    assert orchestrate.epochs_without_gain({1: 0.8, 2: 0.9}) == 0
-    assert orchestrate.epochs_without_gain({1: 0.8, 2: 0.9, 3: 0.9, 4: 0.85}) == 2  # a tie is no gain
+        forms.check_conf({"epocs": 2}, set(forms.train_params()))
+    forms.check_conf({"epochs": 2}, set(forms.train_params()))
 
 
 def test_skip_reason_for_epochs_past_the_run_and_early_stop(tmp_path):
@@ -255,15 +264,42 @@ def test_skip_reason_for_epochs_past_the_run_and_early_stop(tmp_path):
     for epoch, accuracy in ((1, 0.80), (2, 0.85), (3, 0.84), (4, 0.83)):
         write_json(layout.metrics("val", epoch), {"epoch": epoch, "split": "val", "mean_accuracy": accuracy})
     config = RunConfig(epochs=8, patience=2)
-    assert orchestrate.skip_reason(config, tmp_path, 5) is None  # reads epochs 1..3: one without gain
-    assert "early stop" in orchestrate.skip_reason(config, tmp_path, 6)  # epochs 3 and 4 did not beat 2
-    assert orchestrate.skip_reason(config.replace(patience=0), tmp_path, 6) is None
+    assert orchestrate.skip_reason(config, tmp_path, 4) is None  # reads epochs 1..3: one without gain
+    assert "early stop" in orchestrate.skip_reason(config, tmp_path, 5)  # epochs 3 and 4 did not beat 2
+    assert orchestrate.skip_reason(config.replace(patience=0), tmp_path, 5) is None
     assert "trains 8 epoch" in orchestrate.skip_reason(config, tmp_path, 9)
+
+
+def test_the_dag_stops_where_fit_stops(tmp_path):
+    """skip_reason applies the one stopping rule (faceattr.engine.selection) to every epoch before K."""
+    from faceattr.engine.selection import stop_reason
+
+    layout = RunLayout(tmp_path)
+    history = {1: 0.80, 2: 0.85, 3: 0.84, 4: 0.86, 5: 0.85, 6: 0.85}
+    config = RunConfig(epochs=8, patience=2)
+    for epoch, accuracy in history.items():
+        write_json(layout.metrics("val", epoch), {"epoch": epoch, "split": "val", "mean_accuracy": accuracy})
+    for epoch in range(2, 8):
+        seen = {k: v for k, v in history.items() if k < epoch}
+        assert (orchestrate.skip_reason(config, tmp_path, epoch) is None) == (stop_reason(config, seen) is None), epoch
+    assert orchestrate.skip_reason(config, tmp_path, 6) is None and "early stop" in orchestrate.skip_reason(config, tmp_path, 7)
+
+
+def test_xcom_figures_are_rounded():
+    result = {"mean_accuracy": 0.7956249999999999, "counts": {"train": 48}, "path": Path("/x"), "nan": float("nan")}
+    out = orchestrate.summary(result, "mean_accuracy", "counts", "path", "nan")
+    assert out["mean_accuracy"] == 0.7956 and out["counts"] == {"train": 48} and out["path"] == "/x"
+    assert out["nan"] != out["nan"]
+
+
+def test_selection_table_lists_every_epoch_and_marks_the_best():
+    table = orchestrate.selection_table({1: 0.81234, 2: 0.9, 3: 0.9}, 2, "mean_accuracy").splitlines()
+    assert table == ["epoch  val mean_accuracy", "    1  0.8123", "    2  0.9000  <- best", "    3  0.9000"]
 
 
 # -- failing fast and recording failures ---------------------------------------------------------
 def _params(**changes) -> dict:
-    return {**{name: spec["default"] for name, spec in orchestrate.train_params().items()}, **changes}
+    return {**{name: spec["default"] for name, spec in forms.train_params().items()}, **changes}
 
 
 def test_bad_settings_fail_the_first_task_without_retries(data_root):

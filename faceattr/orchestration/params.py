@@ -1,0 +1,121 @@
+"""The trigger forms of the DAGs: faceattr_train's Params from RunConfig's schema, faceattr_score's.
+
+Imported when the DAG files are parsed: light on purpose (no torch, no store).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from faceattr import settings
+from faceattr.config import KNOWN_ARCHS, ConfigError, RunConfig
+
+# The form's sections, in order. A field RunConfig adds must be placed here (train_params checks).
+SECTIONS = {
+    "Data": ("source", "root", "split", "seed"),
+    "Model": ("arch", "weights", "freeze_children", "loss"),
+    "Training": ("epochs", "batch_size", "lr", "weight_decay", "optimizer", "schedule", "patience",
+                 "pos_weight", "tune_thresholds", "recalibrate_bn"),
+    "Execution": ("device", "num_workers", "data_path", "compile"),
+    "Outputs": ("output", "private_images"),
+}
+# Used where RunConfig's schema carries no "description" of its own; the three form-only fields
+# (source, output, private_images) are not RunConfig's and always take theirs from here.
+DESCRIPTIONS = {
+    "source": "Where to fetch CelebA from: a local folder in the official layout, an http(s) mirror, or 'gdrive'. "
+              "Empty: use the dataset already in the root.",
+    "root": "Dataset root: ROOT/celeba/{img_align_celeba/, list_attr_celeba.txt, ...} (torchvision's layout).",
+    "split": "random: 80/10/10 with sklearn train_test_split (the write-up); official: CelebA's partition; "
+             "identity: no person in two splits.",
+    "seed": "Seeds the split, the initialisation and the shuffle.",
+    "arch": "torchvision classification architecture; the write-up used resnext50_32x4d.",
+    "weights": "imagenet (pretrained, as the write-up), none (from scratch), or the path of a state dict.",
+    "freeze_children": "How many of the model's first children are frozen; empty: 6 (the write-up) with imagenet "
+                       "or file weights, 0 with weights none.",
+    "loss": "mse on ±1 labels with threshold 0 (the write-up), or bce on logits.",
+    "epochs": "Epochs to train; the DAG has epoch groups up to FACEATTR_MAX_EPOCHS, the rest are skipped.",
+    "batch_size": "Images per batch.",
+    "lr": "Learning rate.",
+    "weight_decay": "Weight decay.",
+    "optimizer": "adamax (the write-up) or adamw.",
+    "schedule": "Learning-rate schedule over the epochs.",
+    "patience": "Stop after this many validated epochs without a better validation mean accuracy (0: never).",
+    "pos_weight": "Weight each attribute's positives by its negatives/positives ratio (full) or its square root "
+                  "(sqrt), for rare attributes; none: the write-up's unweighted loss.",
+    "tune_thresholds": "Choose per-attribute thresholds on validation instead of 0.",
+    "recalibrate_bn": "After each epoch, recompute BatchNorm statistics on this many unaugmented train images "
+                      "(0: off). Fits them to evaluation's unzoomed images; costs a forward pass over them.",
+    "device": "auto (CUDA when available), cpu, cuda or cuda:N.",
+    "num_workers": "DataLoader workers; -1: one per core, at most 8.",
+    "data_path": "How images are read: auto, pil (decode each epoch) or cache (decoded once).",
+    "compile": "torch.compile the model; empty: on for CUDA, off on CPU.",
+    "output": "Folder of run folders; this run writes <output>/<run id>/.",
+    "private_images": "A folder or .zip of unlabelled images to predict with the chosen model (empty: skip).",
+}
+
+
+def train_params() -> dict[str, dict[str, Any]]:
+    """faceattr_train's params as Param keyword arguments: default, title, description, section, JSON schema.
+
+    Built from RunConfig.json_schema(), so the form and the library agree on every bound; the
+    trigger form and `airflow dags test -c` refuse values outside them before any task runs.
+    """
+    schema = RunConfig.json_schema()
+    defaults = RunConfig.declared_defaults()  # freeze_children: None, resolved from the weights
+    limit = settings.max_epochs()
+    home = settings.home()
+    defaults.update(root=str(home), epochs=min(defaults["epochs"], limit),
+                    source=settings.source(), output=str(home / "runs"), private_images=None)
+    schema["epochs"] = {**schema["epochs"], "maximum": limit}
+    schema["arch"] = {**schema["arch"], "enum": list(KNOWN_ARCHS)}
+    schema["source"] = {"type": ["string", "null"]}
+    schema["output"] = {"type": "string", "minLength": 1}
+    schema["private_images"] = {"type": ["string", "null"]}
+    params = {}
+    for section, names in SECTIONS.items():
+        for name in names:
+            params[name] = {
+                "default": defaults[name],
+                "title": name.replace("_", " ").capitalize(),
+                "description": DESCRIPTIONS[name],
+                "section": section,
+                **schema[name],  # RunConfig's own title/description/section, where it gives them
+            }
+    missing = set(schema) - set(params)
+    if missing:  # a field added to RunConfig must get a place in the form
+        raise RuntimeError(f"RunConfig field(s) {sorted(missing)} have no section in the faceattr_train form")
+    return params
+
+
+def score_params() -> dict[str, dict[str, Any]]:
+    """faceattr_score's params (images default to the standing set, if one is configured)."""
+    images = {
+        "type": "string", "minLength": 1, "title": "Images",
+        "description": "A folder or .zip of images to score; must lie under FACEATTR_DATA_ROOTS.",
+    }
+    if settings.standing_set():  # runs started by a new model (no conf) score the standing set
+        images["default"] = settings.standing_set()
+    return {
+        "images": images,
+        "output": {
+            "default": None, "type": ["string", "null"], "title": "Output CSV",
+            "description": "The predictions CSV (errors go beside it as <name>.errors.csv); "
+                           "empty: $FACEATTR_HOME/scores/<run id>.csv. Must lie under FACEATTR_DATA_ROOTS.",
+        },
+        "model": {
+            "default": "latest", "type": "string", "minLength": 1, "title": "Model",
+            "description": "latest (the current published model) or the run id of a published model.",
+        },
+        "batch_size": {"default": 128, "type": "integer", "minimum": 1, "maximum": 65536, "title": "Batch size",
+                       "description": "Images per batch."},
+        "device": {"default": "auto", "type": "string", "minLength": 1, "title": "Device",
+                   "description": "auto (CUDA when available), cpu, cuda or cuda:N."},
+        "scores": {"default": False, "type": "boolean", "title": "Scores",
+                   "description": "Add each attribute's raw score as a column."},
+    }
+
+
+def check_conf(conf: Mapping[str, Any] | None, known: set[str]) -> None:
+    """Refuse keys in the trigger conf that no param takes: a typo would otherwise be ignored."""
+    unknown = sorted(set(conf or {}) - known)
+    if unknown:
+        raise ConfigError(f"DAG run conf: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")

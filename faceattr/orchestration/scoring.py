@@ -1,0 +1,110 @@
+"""Scoring jobs: faceattr_score's tasks and faceattr_train's score_private.
+
+A scoring job resolves a published model, checks both paths against FACEATTR_DATA_ROOTS before
+anything is read or written, predicts into a CSV and its errors file (faceattr.engine.predict),
+and is recorded in the run store as running, then success or failed.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+from faceattr import settings
+from faceattr.data.access import check_path
+from faceattr.orchestration.tasks import now, run_folder, sanitize_run_id, skip, store, summary
+from faceattr.run import metrics
+
+log = logging.getLogger(__name__)
+
+
+def default_score_csv(dag_run_id: str) -> str:
+    return str(settings.home() / "scores" / f"{sanitize_run_id(dag_run_id)}.csv")
+
+
+def resolve_model(model: str) -> dict:
+    """`latest` -> the store's current model; a run id -> that run's published model (the best epoch's).
+
+    Returns {"path", "run_id", "epoch"}.
+    """
+    from faceattr.store.store import RunNotFoundError
+
+    with store() as opened:
+        if model == "latest":
+            found = opened.current_model()
+            if found is None:
+                raise FileNotFoundError("model 'latest': no model has been published yet; run faceattr_train first")
+        else:
+            try:
+                run = opened.run(model)
+            except RunNotFoundError as exc:
+                raise FileNotFoundError(f"model {model!r}: {exc}; give 'latest' or a run id") from None
+            published = [m for m in run["models"] if m["published"]]
+            if not published:
+                raise FileNotFoundError(f"model {model!r}: that run has no published model")
+            found = published[-1]
+    path = Path(found["path"])
+    if not path.is_file():
+        raise FileNotFoundError(f"model {model!r}: {path} is recorded in the store but missing on disk")
+    return {"path": str(path), "run_id": found["run_id"], "epoch": int(found["epoch"])}
+
+
+def check_score_request(images: str, output: str | None, model: str, dag_run_id: str) -> dict:
+    """Resolve and check a scoring request before anything is read or written.
+
+    Returns {"images", "output", "model": {"path", "run_id", "epoch"}} for the scoring task.
+    """
+    images_path = check_path(images, "images")
+    output_path = check_path(output or default_score_csv(dag_run_id), "output")
+    if output_path.suffix.lower() != ".csv":
+        raise ValueError(f"output: {output_path} must end in .csv")
+    if not images_path.exists():
+        raise FileNotFoundError(f"images: {images_path} does not exist")
+    if not (images_path.is_dir() or images_path.suffix.lower() == ".zip"):
+        raise ValueError(f"images: {images_path} is neither a folder nor a .zip")
+    return {"images": str(images_path), "output": str(output_path), "model": resolve_model(model)}
+
+
+def score(images: str, output: str, model: Mapping[str, Any], *, job_id: str, batch_size: int = 128,
+          device: str | None = None, scores: bool = False) -> dict:
+    """Predict every image under `images` into `output` (and its .errors.csv), recorded as a scoring job.
+
+    `model` is resolve_model's {"path", "run_id", "epoch"}. Rows + errors = files seen (faceattr.engine.predict).
+    """
+    from faceattr.engine.predict import predict
+
+    images_path = check_path(images, "images")
+    output_path = check_path(output, "output")
+    job = {"model_path": str(model["path"]), "model_run_id": model["run_id"], "model_epoch": int(model["epoch"]),
+           "input_path": str(images_path), "output_csv": str(output_path)}
+    with store() as opened:
+        opened.upsert_scoring_job(job_id, status="running", started_at=now(), **job)
+    try:
+        result = predict(Path(model["path"]), images_path, output_path, scores=scores, batch_size=batch_size,
+                         device=None if device in (None, "auto") else device)
+    except Exception as exc:
+        with store() as opened:
+            opened.upsert_scoring_job(job_id, status="failed", finished_at=now(),
+                                      message=f"{type(exc).__name__}: {exc}", **job)
+        raise
+    with store() as opened:
+        opened.upsert_scoring_job(
+            job_id, status="success", finished_at=now(), images=int(result["images"]), rows=int(result["rows"]),
+            errors=int(result["errors"]), errors_csv=str(result["errors_csv"]), **job,
+        )
+    log.info("scored %d image(s): %d row(s) -> %s, %d error(s) -> %s", result["images"], result["rows"],
+             result["csv"], result["errors"], result["errors_csv"])
+    return {"job_id": job_id, **summary(result, "images", "rows", "errors", "csv", "errors_csv"),
+            "model": str(model["path"])}
+
+
+def score_private(params: Mapping[str, Any], dag_run_id: str) -> dict:
+    """Predict the private images with this run's model into RUN/private_predictions.csv (skipped without them)."""
+    images = params.get("private_images")
+    if not images:
+        raise skip("no private images given (param private_images)")
+    with run_folder(params, dag_run_id) as run:
+        best = metrics.read_best(run.dir, missing_ok=False)
+        model = {"path": str(run.layout.model), "run_id": run.id, "epoch": int(best["epoch"])}
+        return score(images, str(run.layout.private_predictions), model, job_id=f"{run.id}-private",
+                     device=run.config.device)
