@@ -150,6 +150,33 @@ def load_model_file(path: str | os.PathLike, map_location: Any = "cpu") -> tuple
     return model, info
 
 
+def export_model(path: str | os.PathLike, state_dict: dict, config: "RunConfig", *, epoch: int, thresholds,
+                 run: str, val_mean_accuracy: float) -> Path:
+    """Write the inference artifact (model.pt, read by load_model_file): weights plus everything needed to use them."""
+    import numpy as np
+    import torch
+
+    from faceattr.checkpoint import save_checkpoint
+    from faceattr.data.images import IMAGE_SIZE, MEAN, STD
+
+    thresholds = torch.as_tensor(np.asarray(thresholds, dtype=np.float32)).reshape(-1)
+    if thresholds.numel() != len(ATTRIBUTES):
+        raise ValueError(f"thresholds: expected {len(ATTRIBUTES)} values, got {thresholds.numel()}")
+    return save_checkpoint({
+        "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
+        "arch": config.arch,
+        "attributes": list(ATTRIBUTES),
+        "thresholds": thresholds,
+        "mean": list(MEAN),
+        "std": list(STD),
+        "image_size": list(IMAGE_SIZE),
+        "loss": config.loss,
+        "epoch": int(epoch),
+        "run": run,
+        "val_mean_accuracy": float(val_mean_accuracy),
+    }, path)
+
+
 def clean_state_dict(state: Any, source: str | os.PathLike) -> dict:
     """Check a state dict holds only tensors and strip DataParallel/torch.compile key prefixes."""
     import torch

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from faceattr.config import RunConfig, save_or_check
-from faceattr.fsutil import read_json
+from faceattr.run import metrics
 from faceattr.run.layout import RunLayout
 
 log = logging.getLogger(__name__)
@@ -22,12 +22,15 @@ def fit(config: RunConfig, run_dir: str | Path) -> dict:
     """Run the recipe for `config` in `run_dir`; returns a summary of the best epoch and the test result.
 
     Validation after every epoch; with config.patience > 0, training stops once that many epochs
-    in a row have not improved the best validation mean accuracy.
+    in a row have not improved the best validation figure (faceattr.engine.selection's rule, the
+    one that then picks the best epoch). Each epoch is spread over the visible GPUs as the DAG's
+    train task does (faceattr.engine.distributed.launch_epoch).
     """
-    from faceattr.engine.evaluate import evaluate_epoch, select_best
-    from faceattr.run.report import write_report
     from faceattr.data.split import make_split
-    from faceattr.engine.train import train_epoch
+    from faceattr.engine import selection
+    from faceattr.engine.distributed import launch_epoch
+    from faceattr.engine.evaluate import evaluate_epoch
+    from faceattr.run.report import write_report
 
     start = time.perf_counter()
     run_dir = Path(run_dir)
@@ -44,31 +47,28 @@ def fit(config: RunConfig, run_dir: str | Path) -> dict:
                  ", ".join(f"{name} {split[name]}" for name in ("train", "val", "test")))
 
     val_by_epoch: dict[int, float] = {}
-    best_accuracy, epochs_without_gain, stopped_early = -math.inf, 0, False
+    ranked: dict[int, float] = {}  # the figure selection ranks epochs by
+    stopped_early = False
     for epoch in range(1, config.epochs + 1):
-        val_path = layout.metrics("val", epoch)
-        if layout.checkpoint(epoch).is_file() and val_path.is_file():
-            val = read_json(val_path)
+        val = metrics.read_epoch_metrics(run_dir, "val", epoch, missing_ok=True)
+        if layout.checkpoint(epoch).is_file() and val is not None:
             log.info("epoch %d: already trained and validated", epoch)
         else:
             if not layout.checkpoint(epoch).is_file():
-                train_epoch(run_dir, epoch, config)
+                launch_epoch(run_dir, epoch, config)
             val = evaluate_epoch(run_dir, epoch, "val", device=config.device)
-        accuracy = float(val["mean_accuracy"])
-        val_by_epoch[epoch] = accuracy
+        val_by_epoch[epoch] = float(val["mean_accuracy"])
+        ranked[epoch] = selection.ranking_score(val, config, str(layout.metrics("val", epoch)))
         log.info("epoch %d: val mean accuracy %.4f (majority baseline %.4f)",
-                 epoch, accuracy, float(val.get("majority_baseline", math.nan)))
-        if accuracy > best_accuracy:
-            best_accuracy, epochs_without_gain = accuracy, 0
-        else:
-            epochs_without_gain += 1
-        if config.patience and epochs_without_gain >= config.patience:
+                 epoch, val_by_epoch[epoch], float(val.get("majority_baseline", math.nan)))
+        reason = selection.stop_reason(config, ranked)
+        if reason:
             stopped_early = epoch < config.epochs
             if stopped_early:
-                log.info("early stop after epoch %d: no gain for %d epoch(s)", epoch, epochs_without_gain)
+                log.info("early stop after epoch %d: %s", epoch, reason)
             break
 
-    best = select_best(run_dir)
+    best = selection.select_best(run_dir)
     best_epoch = int(best["epoch"])
     test = evaluate_epoch(run_dir, "best", "test", device=config.device)
     report = write_report(run_dir)

@@ -1,4 +1,4 @@
-"""Where and how a run executes: device choice, mixed precision, seeding, workers, progress.
+"""Where and how a run executes: device choice, mixed precision, seeding, workers.
 
 Everything here is about execution, not about what the model learns, so it is shared by
 training, evaluation and prediction.
@@ -10,9 +10,6 @@ import hashlib
 import logging
 import os
 import random
-import sys
-import time
-from typing import Callable
 
 import numpy as np
 import torch
@@ -95,56 +92,3 @@ def worker_init_fn(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)
-
-
-class Progress:
-    """Progress of one pass over a loader: a tqdm bar on a terminal, log lines otherwise.
-
-    Airflow task logs are not terminals, so there it logs "done/total, img/s, loss, ETA" every
-    `log_every_s` seconds. `update` takes a callable for the figures shown (e.g. the running
-    loss) so the caller pays for a device sync only when a line is actually printed.
-    """
-
-    def __init__(self, total: int, desc: str, *, log_every_s: float = 10.0, tty: bool | None = None):
-        self.total = total
-        self.desc = desc
-        self.done = 0
-        self.log_every_s = log_every_s
-        self.start = time.perf_counter()
-        self._last_shown = self.start
-        self._bar = None
-        if sys.stderr.isatty() if tty is None else tty:
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=total, desc=desc, unit="img", unit_scale=True, dynamic_ncols=True, leave=False)
-            self.log_every_s = min(log_every_s, 1.0)
-
-    def update(self, images: int, figures: Callable[[], dict[str, float]] | None = None) -> None:
-        self.done += images
-        now = time.perf_counter()
-        if self._bar is not None:
-            self._bar.update(images)
-        if now - self._last_shown < self.log_every_s and self.done < self.total:
-            return
-        self._last_shown = now
-        shown = figures() if figures else {}
-        if self._bar is not None:
-            self._bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
-            return
-        elapsed = now - self.start
-        rate = self.done / elapsed if elapsed > 0 else 0.0
-        eta = (self.total - self.done) / rate if rate > 0 else float("nan")
-        extra = "".join(f", {k} {v:.4f}" for k, v in shown.items())
-        log.info("%s: %d/%d images, %.1f img/s%s, ETA %s", self.desc, self.done, self.total, rate, extra, _duration(eta))
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-
-def _duration(seconds: float) -> str:
-    if seconds != seconds:  # NaN: no rate yet
-        return "?"
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"

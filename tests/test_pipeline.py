@@ -15,12 +15,12 @@ from faceattr.config import ConfigError
 
 # Small enough for ~1-2 minutes on two idle cores, large enough that a from-scratch resnet18
 # learns the plainly drawn attributes (hair colour, hats, glasses, sex...) within two epochs.
-# The from-scratch recipe of benchmarks/learning.py: every layer trains (--freeze-children 0; the
-# default 6 would freeze random filters), batch 16, the write-up's lr 1e-3, and BatchNorm statistics
+# The from-scratch recipe of benchmarks/learning.py: every layer trains (with --weights none no
+# child is frozen unless asked), batch 16, the write-up's lr 1e-3, and BatchNorm statistics
 # recomputed on the (320) unaugmented train images after each epoch.
 IMAGES = 400
 FIT_FLAGS = [
-    "--epochs", "2", "--arch", "resnet18", "--weights", "none", "--freeze-children", "0", "--device", "cpu",
+    "--epochs", "2", "--arch", "resnet18", "--weights", "none", "--device", "cpu",
     "--batch-size", "16", "--lr", "0.001", "--recalibrate-bn", "400", "--num-workers", "0",
 ]
 
@@ -96,10 +96,11 @@ def test_fit_again_resumes_without_retraining(fitted, capsys):
 
 # -- the epoch loop alone, with the stages replaced by stand-ins (fast) ---------------------------
 def test_fit_stops_early_and_resumes_without_redoing_epochs(tmp_path, monkeypatch):
-    import faceattr.engine.evaluate
-    import faceattr.run.report
     import faceattr.data.split
-    import faceattr.engine.train
+    import faceattr.engine.distributed
+    import faceattr.engine.evaluate
+    import faceattr.engine.selection
+    import faceattr.run.report
     from faceattr.config import RunConfig
     from faceattr.fsutil import write_json
     from faceattr.run.layout import RunLayout
@@ -132,9 +133,9 @@ def test_fit_stops_early_and_resumes_without_redoing_epochs(tmp_path, monkeypatc
         return {"epoch": 2, "val_mean_accuracy": 0.60}
 
     monkeypatch.setattr(faceattr.data.split, "make_split", make_split)
-    monkeypatch.setattr(faceattr.engine.train, "train_epoch", train_epoch)
+    monkeypatch.setattr(faceattr.engine.distributed, "launch_epoch", train_epoch)
     monkeypatch.setattr(faceattr.engine.evaluate, "evaluate_epoch", evaluate_epoch)
-    monkeypatch.setattr(faceattr.engine.evaluate, "select_best", select_best)
+    monkeypatch.setattr(faceattr.engine.selection, "select_best", select_best)
     monkeypatch.setattr(faceattr.run.report, "write_report", lambda run_dir: layout.report)
 
     config = RunConfig(root=str(tmp_path / "root"), epochs=5, patience=2)
@@ -155,3 +156,60 @@ def test_fit_stops_early_and_resumes_without_redoing_epochs(tmp_path, monkeypatc
     # A different learning setting for the same run folder is refused.
     with pytest.raises(ConfigError, match="lr"):
         fit(config.replace(lr=0.5), layout.root)
+
+
+def test_with_tuned_thresholds_early_stopping_and_selection_rank_epochs_alike(tmp_path, monkeypatch):
+    """Raw and tuned validation accuracy disagree here: raw accuracy improves every epoch, tuned
+    accuracy peaks at epoch 1. fit ranks by the tuned figure for both decisions, so with patience 1
+    it stops after epoch 2 and the real select_best picks epoch 1 (ranking early stopping by raw
+    accuracy, as fit once did, trained all 4 epochs and then selected epoch 3)."""
+    import numpy as np
+
+    import faceattr.data.split
+    import faceattr.engine.distributed
+    import faceattr.engine.evaluate
+    import faceattr.run.report
+    from faceattr.checkpoint import save_checkpoint
+    from faceattr.config import RunConfig
+    from faceattr.fsutil import write_json
+    from faceattr.pipeline import fit
+    from faceattr.run.layout import RunLayout
+
+    raw = {1: 0.60, 2: 0.65, 3: 0.66, 4: 0.67}
+    tuned = {1: 0.70, 2: 0.69, 3: 0.72, 4: 0.71}
+    layout = RunLayout(tmp_path / "run")
+    trained: list[int] = []
+
+    def make_split(root, strategy, seed, run_dir):
+        layout.split.write_text("image_id,split\n")
+        return {"train": 8, "val": 1, "test": 1}
+
+    def train_epoch(run_dir, epoch, config):
+        trained.append(epoch)
+        save_checkpoint({"model": {"w": torch.full((1,), float(epoch))}, "epoch": epoch}, layout.checkpoint(epoch))
+
+    def evaluate_epoch(run_dir, epoch, split, device=None):
+        if split == "test":
+            result = {"epoch": 1, "split": "test", "images": 1, "mean_accuracy": 0.6, "majority_baseline": 0.5}
+        else:
+            rng = np.random.default_rng(epoch)
+            layout.metrics_dir.mkdir(parents=True, exist_ok=True)
+            np.savez(layout.scores("val", epoch), scores=rng.normal(size=(20, 40)).astype(np.float32),
+                     labels=np.where(rng.random((20, 40)) < 0.3, 1, -1).astype(np.int8))
+            result = {"epoch": epoch, "split": "val", "images": 20, "mean_accuracy": raw[epoch],
+                      "mean_accuracy_tuned": tuned[epoch], "majority_baseline": 0.5}
+        write_json(layout.metrics(split, result["epoch"]), result)
+        return result
+
+    monkeypatch.setattr(faceattr.data.split, "make_split", make_split)
+    monkeypatch.setattr(faceattr.engine.distributed, "launch_epoch", train_epoch)
+    monkeypatch.setattr(faceattr.engine.evaluate, "evaluate_epoch", evaluate_epoch)
+    monkeypatch.setattr(faceattr.run.report, "write_report", lambda run_dir: layout.report)
+
+    config = RunConfig(root=str(tmp_path / "root"), epochs=4, patience=1, tune_thresholds=True)
+    summary = fit(config, layout.root)
+    assert trained == [1, 2] and summary["stopped_early"]
+    assert summary["best_epoch"] == 1 == json.loads(layout.best.read_text())["epoch"]
+    # Early stopping waited exactly `patience` epochs after the epoch that selection chose.
+    assert max(summary["epochs_run"]) - summary["best_epoch"] == config.patience
+    assert torch.load(layout.model, weights_only=True)["state_dict"]["w"].item() == 1.0

@@ -1,10 +1,11 @@
-"""Scoring checkpoints: metrics per attribute, choosing the best epoch, exporting model.pt.
+"""Scoring checkpoints: metrics per attribute, threshold tuning, evaluating an epoch on a split.
 
 The write-up's rule: a score >= threshold (0, halfway between the labels -1 and 1) predicts 1,
 otherwise -1; accuracy is the fraction of correct predictions per attribute, and the mean
 accuracy averages the 40 attributes. Beside it we report balanced accuracy and F1 per
 attribute, and the majority-class baseline (always predict the attribute's most common value
 in the train split), because many attributes are rare and 90% accuracy can mean nothing.
+Choosing the best epoch is faceattr.engine.selection's.
 """
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from faceattr.config import RunConfig
-from faceattr.fsutil import atomic_path, read_json, write_json
 from faceattr.attributes import ATTRIBUTES
+from faceattr.fsutil import atomic_path
+from faceattr.run import metrics as run_metrics
 from faceattr.run.layout import RunLayout
 
 if TYPE_CHECKING:
@@ -196,18 +198,14 @@ def score_loader(model: "torch.nn.Module", loader, device: "torch.device") -> tu
     return np.concatenate(all_scores), np.concatenate(all_labels)
 
 
-# -- run-folder steps -------------------------------------------------------------------------
-def scores_path(run_dir: str | Path, split: str, epoch: int) -> Path:
-    """RUN/metrics/{split}_epoch_K.npz: raw scores kept for threshold tuning."""
-    return RunLayout(run_dir).metrics(split, epoch).with_suffix(".npz")
-
-
+# -- run-folder step ---------------------------------------------------------------------------
 def evaluate_epoch(run_dir: str | Path, epoch: int | str, split: str, device: str | None = None) -> dict:
     """Score epoch K's checkpoint (or, for "best", RUN/model.pt with its thresholds) on a split.
 
     Writes RUN/metrics/{split}_epoch_K.json; for "val" with config.tune_thresholds it also keeps
-    the raw scores in RUN/metrics/val_epoch_K.npz for `select_best`. "best" is meant for the test
-    split: on "val" it rewrites the chosen epoch's val metrics with the tuned thresholds.
+    the raw scores in RUN/metrics/val_epoch_K.npz for faceattr.engine.selection to tune thresholds
+    on. "best" is meant for the test split: on "val" it rewrites the chosen epoch's val metrics
+    with the tuned thresholds.
     """
     from faceattr.checkpoint import load_checkpoint
     from faceattr.data.loaders import load_split_frame, make_loader
@@ -223,7 +221,7 @@ def evaluate_epoch(run_dir: str | Path, epoch: int | str, split: str, device: st
     if epoch == "best":
         if not layout.best.is_file():
             raise FileNotFoundError(f"{layout.best}: no best epoch chosen yet; run 'faceattr select --run {run_dir}'")
-        best = read_json(layout.best)
+        best = run_metrics.read_best(run_dir)
         model, info = load_model_file(layout.model)
         epoch = int(info["epoch"])
         if best.get("epoch") != epoch:
@@ -263,110 +261,14 @@ def evaluate_epoch(run_dir: str | Path, epoch: int | str, split: str, device: st
         "images_per_second": round(len(scores) / seconds, 2) if seconds > 0 else None,
     }
     if split == "val" and config.tune_thresholds:
-        # What this epoch would score on validation once select_best tunes its thresholds there.
+        # What this epoch would score on validation once selection tunes its thresholds there.
         result["mean_accuracy_tuned"] = float(get_accuracy(scores, labels, tune_thresholds(scores, labels))[1])
-        with atomic_path(scores_path(run_dir, split, epoch)) as tmp, open(tmp, "wb") as handle:
+        with atomic_path(run_metrics.scores_path(run_dir, split, epoch)) as tmp, open(tmp, "wb") as handle:
             np.savez(handle, scores=scores, labels=labels)
-    write_json(layout.metrics(split, epoch), result)
+    run_metrics.write_epoch_metrics(run_dir, split, epoch, result)
     log.info("epoch %d %s: mean accuracy %.4f (majority baseline %.4f) on %d images",
              epoch, split, result["mean_accuracy"], result["majority_baseline"], result["images"])
     return result
-
-
-def select_best(run_dir: str | Path) -> dict:
-    """Pick the epoch with the highest validation mean accuracy (ties: the earlier one).
-
-    With config.tune_thresholds, epochs are compared by that accuracy after tuning each epoch's
-    thresholds on validation, since the exported model is used with tuned thresholds.
-
-    Every trained epoch must have its val metrics. Writes RUN/model.pt (the inference artifact,
-    thresholds tuned on validation when config.tune_thresholds, else 0) and then RUN/best.json.
-    """
-    from faceattr.checkpoint import load_checkpoint
-    from faceattr.model import clean_state_dict
-
-    layout = RunLayout(run_dir)
-    config = RunConfig.load(run_dir)
-    trained = layout.trained_epochs()
-    if not trained:
-        raise FileNotFoundError(f"{layout.checkpoints}: no epoch_K.pt checkpoints; train first")
-    unscored = [k for k in trained if not layout.metrics("val", k).is_file()]
-    if unscored:
-        raise FileNotFoundError(
-            f"{layout.root / 'metrics'}: no validation metrics for epoch(s) {', '.join(map(str, unscored))}; "
-            f"run 'faceattr evaluate --run {run_dir} --epoch K --split val' for each"
-        )
-    # With tuned thresholds the exported model is scored with them, so epochs are compared tuned.
-    key = "mean_accuracy_tuned" if config.tune_thresholds else "mean_accuracy"
-    val_by_epoch: dict[int, float] = {}
-    ranked_by: dict[int, float] = {}
-    for k in trained:
-        path = layout.metrics("val", k)
-        metrics = read_json(path)
-        if metrics.get("epoch") != k or metrics.get("split") != "val" or "mean_accuracy" not in metrics:
-            raise ValueError(f"{path}: not the validation metrics of epoch {k}")
-        if key not in metrics:
-            raise ValueError(f"{path}: no {key} (scored before tune_thresholds was set?); "
-                             f"re-run 'faceattr evaluate --run {run_dir} --epoch {k} --split val'")
-        val_by_epoch[k] = float(metrics["mean_accuracy"])
-        ranked_by[k] = float(metrics[key])
-    best_epoch = max(trained, key=lambda k: (ranked_by[k], -k))  # ties -> earlier epoch
-
-    if config.tune_thresholds:
-        npz = scores_path(run_dir, "val", best_epoch)
-        if not npz.is_file():
-            raise FileNotFoundError(f"{npz}: no validation scores to tune thresholds; re-run evaluate for epoch {best_epoch}")
-        with np.load(npz) as saved:
-            thresholds = tune_thresholds(saved["scores"], saved["labels"])
-            tuned_accuracy = get_accuracy(saved["scores"], saved["labels"], thresholds)[1]
-    else:
-        thresholds = np.zeros(len(ATTRIBUTES), dtype=np.float32)
-
-    checkpoint_path = layout.checkpoint(best_epoch)
-    checkpoint = load_checkpoint(checkpoint_path)
-    state = clean_state_dict(checkpoint.get("model"), checkpoint_path)
-    export_model(
-        layout.model, state, config,
-        epoch=best_epoch, thresholds=thresholds, run=str(layout.root.resolve()),
-        val_mean_accuracy=val_by_epoch[best_epoch],
-    )
-    best = {
-        "epoch": best_epoch,
-        "val_mean_accuracy": val_by_epoch[best_epoch],
-        "val_by_epoch": {str(k): v for k, v in val_by_epoch.items()},
-    }
-    if config.tune_thresholds:
-        # Measured on the data the thresholds were tuned on: optimistic, for information only.
-        best["val_mean_accuracy_tuned"] = tuned_accuracy
-    write_json(layout.best, best)
-    log.info("best epoch %d: val mean accuracy %.4f", best_epoch, val_by_epoch[best_epoch])
-    return {**best, "model": str(layout.model), "thresholds_tuned": config.tune_thresholds}
-
-
-def export_model(path: str | Path, state_dict: dict, config: RunConfig, *, epoch: int, thresholds,
-                 run: str, val_mean_accuracy: float) -> Path:
-    """Write the inference artifact (model.pt): weights plus everything needed to use them."""
-    import torch
-
-    from faceattr.checkpoint import save_checkpoint
-    from faceattr.data.images import IMAGE_SIZE, MEAN, STD
-
-    thresholds = torch.as_tensor(np.asarray(thresholds, dtype=np.float32)).reshape(-1)
-    if thresholds.numel() != len(ATTRIBUTES):
-        raise ValueError(f"thresholds: expected {len(ATTRIBUTES)} values, got {thresholds.numel()}")
-    return save_checkpoint({
-        "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
-        "arch": config.arch,
-        "attributes": list(ATTRIBUTES),
-        "thresholds": thresholds,
-        "mean": list(MEAN),
-        "std": list(STD),
-        "image_size": list(IMAGE_SIZE),
-        "loss": config.loss,
-        "epoch": int(epoch),
-        "run": run,
-        "val_mean_accuracy": float(val_mean_accuracy),
-    }, path)
 
 
 def _epoch_number(epoch: Any) -> int:

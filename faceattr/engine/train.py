@@ -16,9 +16,12 @@ import torch
 from torch import nn
 
 from faceattr.config import RunConfig
-from faceattr.fsutil import write_json
+from faceattr.engine import parallel
+from faceattr.engine.parallel import Rank
 from faceattr.run.layout import RunLayout
-from faceattr.runtime import Progress, autocast, resolve_device, rng_state, seed_everything, set_rng_state, should_compile
+from faceattr.run.metrics import write_epoch_metrics
+from faceattr.progress import Progress
+from faceattr.runtime import autocast, resolve_device, rng_state, seed_everything, set_rng_state, should_compile
 
 log = logging.getLogger(__name__)
 
@@ -223,13 +226,16 @@ def _load_previous(layout: RunLayout, epoch: int, config: RunConfig) -> dict | N
     return checkpoint
 
 
-def train_epoch(run_dir: str | Path, epoch: int, config: RunConfig, *, rank: int = 0, world_size: int = 1) -> dict:
+def train_epoch(run_dir: str | Path, epoch: int, config: RunConfig, *, rank: Rank = Rank.single()) -> dict:
     """Train epoch `epoch` (1-based) of the run; write checkpoints/epoch_K.pt and metrics/train_epoch_K.json.
 
     Epoch 1 starts from a fresh model (model_from_config); epoch K > 1 from epoch K-1's checkpoint,
     restoring model, optimizer, schedule and RNG. With the same seed, re-running an epoch on CPU
     writes identical weights: the shuffle and worker augmentation are seeded from (seed, epoch)
     and the main-process RNG comes from the previous checkpoint.
+
+    `rank`: this process's place when faceattr.engine.distributed spreads the epoch over several
+    (each rank trains its share of every batch; only rank 0 writes).
     """
     from faceattr.checkpoint import save_checkpoint
     from faceattr.data.loaders import make_loader
@@ -239,11 +245,7 @@ def train_epoch(run_dir: str | Path, epoch: int, config: RunConfig, *, rank: int
         raise ValueError(f"epoch: {epoch!r} must be an integer >= 1")
     run_dir = Path(run_dir)
     layout = RunLayout(run_dir)
-    device = resolve_device(config.device)
-    if world_size > 1:  # one DDP rank of faceattr.engine.distributed.train_epoch
-        from faceattr.engine import distributed
-
-        device = distributed.rank_device(device, rank)
+    device = parallel.rank_device(resolve_device(config.device), rank)
     previous = _load_previous(layout, epoch, config)
 
     if previous is None:
@@ -268,10 +270,9 @@ def train_epoch(run_dir: str | Path, epoch: int, config: RunConfig, *, rank: int
         set_rng_state(previous["rng"])
 
     loader = make_loader(run_dir, config, "train", train=True, device=device, epoch=epoch)
-    if world_size > 1:
-        loader = distributed.shard_loader(loader, config, epoch, rank, world_size)
+    loader = parallel.shard_loader(loader, config, epoch, rank)
     loss_fn = make_loss(config, loader.dataset.labels).to(device)
-    runner = distributed.wrap_model(model, device) if world_size > 1 else model
+    runner = parallel.wrap_model(model, device, rank)
     runner = torch.compile(runner) if should_compile(config.compile, device) else runner
 
     lr = optimizer.param_groups[0]["lr"]
@@ -280,8 +281,7 @@ def train_epoch(run_dir: str | Path, epoch: int, config: RunConfig, *, rank: int
         epoch, len(loader.dataset), config.arch, device, loader.batch_size or config.batch_size, lr, loader.num_workers,
     )
     stats = train_one_epoch(runner, loader, loss_fn, optimizer, device, desc=f"epoch {epoch}")
-    if world_size > 1:
-        stats = distributed.reduce_stats(stats, device)
+    stats = parallel.reduce_stats(stats, device, rank)
     if not math.isfinite(stats["loss"]):
         # Nothing is written: a diverged model must not become the next epoch's starting point.
         raise RuntimeError(f"epoch {epoch}: training diverged (mean loss {stats['loss']}); try a lower lr than {lr:g}")
@@ -307,9 +307,9 @@ def train_epoch(run_dir: str | Path, epoch: int, config: RunConfig, *, rank: int
         "train": stats,
     }
     path = layout.checkpoint(epoch)
-    if rank == 0:  # DDP ranks hold the same weights; one writer
+    if rank.is_main:  # DDP ranks hold the same weights; one writer
         save_checkpoint(checkpoint, path)
-        write_json(layout.metrics("train", epoch), {"epoch": epoch, "split": "train", **stats})
+        write_epoch_metrics(run_dir, "train", epoch, stats)
     log.info(
         "epoch %d: loss %.4f, accuracy %.4f, %.1f img/s, %.0f s -> %s",
         epoch, stats["loss"], stats["accuracy"], stats["images_per_second"], stats["seconds"], path,

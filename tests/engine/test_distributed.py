@@ -11,16 +11,19 @@ point the same way as the single-process update (cosine > 0.8) and differ from i
 Measured on this data: cosine 0.94, relative difference 0.36, loss 3.826 vs 3.834. For scale, an
 epoch over the same images in another batch order (before the ranks drew the single-process
 shuffle) gave a relative difference of 1.03: Adamax's first steps are nearly sign steps, so
-updates decorrelate quickly when the batches differ; the tolerance tells the two apart.
+updates decorrelate quickly when the batches differ; the tolerance tells the two apart. The
+negative control: the same two ranks without DDP (each trains alone on its half of every batch,
+no gradient is averaged) must fail the comparison.
 """
 from __future__ import annotations
 
 import pytest
 import torch
 
-from faceattr.engine import distributed
 from faceattr.config import RunConfig
-from faceattr.engine.distributed import RankBatches, expected_images, world_size_for
+from faceattr.engine import distributed, parallel
+from faceattr.engine.distributed import world_size_for
+from faceattr.engine.parallel import Rank, RankBatches, expected_images
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +51,7 @@ def _loader(size: int, batch: int, seed: int):
 def test_ranks_split_the_single_process_batches_exactly(size, batch, world):
     single = [b.tolist() for b in _loader(size, batch, seed=5)]
     config = RunConfig(seed=5)
-    per_rank = [[b.tolist() for b in distributed.shard_loader(_loader(size, batch, seed=5), config, 1, rank, world)]
+    per_rank = [[b.tolist() for b in parallel.shard_loader(_loader(size, batch, seed=5), config, 1, Rank(rank, world))]
                 for rank in range(world)]
     assert len({len(batches) for batches in per_rank}) == 1, "every rank must run the same number of steps"
     kept = [b for b in single if len(b) >= world]
@@ -65,9 +68,19 @@ def test_ranks_split_the_single_process_batches_exactly(size, batch, world):
 def test_rank_batches_refuse_bad_arguments():
     batches = torch.utils.data.BatchSampler(range(10), 4, drop_last=False)
     with pytest.raises(ValueError, match="rank: 2"):
-        RankBatches(batches, 2, 2)
+        RankBatches(batches, Rank(2, 2))
     with pytest.raises(ValueError, match="batch_size: 1 cannot be split over 2"):
-        RankBatches(torch.utils.data.BatchSampler(range(10), 1, drop_last=False), 0, 2)
+        RankBatches(torch.utils.data.BatchSampler(range(10), 1, drop_last=False), Rank(0, 2))
+
+
+def test_a_single_rank_leaves_everything_as_it_is():
+    single = Rank.single()
+    assert single.is_main and not single.distributed and Rank(1, 2).distributed and not Rank(1, 2).is_main
+    loader, model, stats = _loader(10, 4, 0), torch.nn.Linear(2, 2), {"loss": 1.0}
+    assert parallel.shard_loader(loader, RunConfig(), 1, single) is loader
+    assert parallel.wrap_model(model, torch.device("cpu"), single) is model
+    assert parallel.reduce_stats(stats, torch.device("cpu"), single) is stats
+    assert parallel.rank_device(torch.device("cpu"), Rank(1, 2)) == torch.device("cpu")
 
 
 def test_world_size_setting(monkeypatch):
@@ -95,7 +108,7 @@ HEAD = ("fc.weight", "fc.bias")
 def small_root(tmp_path_factory):
     """100 synthetic images (80 to train on): two CPU epochs of resnet18 stay short on 2 cores."""
     from faceattr.data.download import acquire
-    from faceattr.synth.faces import generate
+    from faceattr.synth.files import generate
 
     base = tmp_path_factory.mktemp("ddp-data")
     generate(base / "source", n=100, seed=1)
@@ -103,9 +116,27 @@ def small_root(tmp_path_factory):
     return base / "root"
 
 
+def _train_ranks_without_averaging(rank: int, world_size: int, rendezvous: str, run_dir: str, config: dict) -> None:
+    """One of the negative control's ranks: faceattr's rank code, but the model is not wrapped in DDP,
+    so each rank trains alone on its share of every batch (figures are still summed over ranks)."""
+    import torch.distributed as dist
+
+    from faceattr.engine import train
+
+    torch.set_num_threads(1)
+    parallel.wrap_model = lambda model, device, rank: model  # this spawned process only
+    dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=world_size)
+    try:
+        train.train_epoch(run_dir, 1, RunConfig.from_dict(config), rank=Rank(rank, world_size))
+    finally:
+        dist.destroy_process_group()
+
+
 @pytest.fixture(scope="module")
 def runs(small_root, tmp_path_factory):
-    """The same epoch trained by one process and by 2 DDP processes; the initial weights too."""
+    """The same epoch trained by one process, by 2 DDP processes and by 2 ranks without DDP; the initial weights."""
+    import torch.multiprocessing as mp
+
     from faceattr.checkpoint import load_checkpoint
     from faceattr.fsutil import read_json
     from faceattr.model import model_from_config
@@ -118,16 +149,23 @@ def runs(small_root, tmp_path_factory):
     config = RunConfig(root=str(small_root), arch="resnet18", weights="none", freeze_children=9, epochs=1,
                        batch_size=16, lr=0.01, seed=4, device="cpu", num_workers=0, recalibrate_bn=1000)
     out = {}
-    for name, size in (("single", 1), ("ddp", 2)):
+    for name, size in (("single", 1), ("ddp", 2), ("unaveraged", 2)):
         run_dir = tmp_path_factory.mktemp(f"run-{name}")
         config.save(run_dir)
         make_split(small_root, config.split, config.seed, run_dir)
-        result = distributed.train_epoch(run_dir, 1, config, world_size=size)
+        if name == "unaveraged":
+            rendezvous = f"file://{tmp_path_factory.mktemp('rendezvous') / 'file'}"
+            mp.spawn(_train_ranks_without_averaging, args=(size, rendezvous, str(run_dir), config.to_dict()),
+                     nprocs=size, join=True)
+        else:
+            out[name] = {"result": distributed.launch_epoch(run_dir, 1, config, world_size=size)}
+        metrics = read_json(run_dir / "metrics" / "train_epoch_1.json")
         out[name] = {
-            "result": result,
+            "result": metrics,
+            **out.get(name, {}),
             "run_dir": run_dir,
             "weights": load_checkpoint(run_dir / "checkpoints" / "epoch_1.pt")["model"],
-            "metrics": read_json(run_dir / "metrics" / "train_epoch_1.json"),
+            "metrics": metrics,
         }
     seed_everything(config.seed)
     out["initial"] = model_from_config(config).state_dict()
@@ -137,6 +175,25 @@ def runs(small_root, tmp_path_factory):
 
 def _update(runs, name):
     return torch.cat([(runs[name]["weights"][k] - runs["initial"][k]).flatten() for k in HEAD])
+
+
+def _compare(runs, name) -> dict[str, float]:
+    """How run `name`'s head update and epoch figures differ from the single process's."""
+    want, got = _update(runs, "single"), _update(runs, name)
+    assert want.norm() > 0, "the single-process epoch did not train the head"
+    figures = {
+        "cosine": torch.nn.functional.cosine_similarity(got, want, dim=0).item(),
+        "relative": ((got - want).norm() / want.norm()).item(),
+        "loss": abs(runs[name]["result"]["loss"] - runs["single"]["result"]["loss"]),
+        "accuracy": abs(runs[name]["result"]["accuracy"] - runs["single"]["result"]["accuracy"]),
+    }
+    print(f"{name} vs single process: " + ", ".join(f"{k} {v:.3f}" for k, v in figures.items()))
+    return figures
+
+
+def _matches_single_process(figures: dict[str, float]) -> bool:
+    return (figures["cosine"] > 0.8 and figures["relative"] < 0.6 and figures["loss"] < 0.05
+            and figures["accuracy"] < 0.02)
 
 
 def test_ddp_epoch_sees_every_image_once_and_rank_0_writes(runs):
@@ -160,15 +217,10 @@ def test_ddp_epoch_matches_single_process(runs):
     assert ddp["metrics"]["bn_recalibration_images"] == single["metrics"]["bn_recalibration_images"] > 0
     for key in (k for k in runs["initial"] if "running_" in k):
         assert torch.allclose(ddp["weights"][key], single["weights"][key], rtol=1e-4, atol=1e-5), key
+    assert _matches_single_process(_compare(runs, "ddp"))
 
-    want, got = _update(runs, "single"), _update(runs, "ddp")
-    assert want.norm() > 0, "the single-process epoch did not train the head"
-    relative = ((got - want).norm() / want.norm()).item()
-    print(f"DDP vs single process: head update differs by {relative:.3f} of its size; loss "
-          f"{ddp['result']['loss']:.4f} vs {single['result']['loss']:.4f}, accuracy "
-          f"{ddp['result']['accuracy']:.4f} vs {single['result']['accuracy']:.4f}")
-    cosine = torch.nn.functional.cosine_similarity(got, want, dim=0).item()
-    print(f"head update cosine {cosine:.3f}")
-    assert cosine > 0.8 and relative < 0.6
-    assert abs(ddp["result"]["loss"] - single["result"]["loss"]) < 0.05
-    assert abs(ddp["result"]["accuracy"] - single["result"]["accuracy"]) < 0.02
+
+def test_ranks_without_gradient_averaging_fail_the_comparison(runs):
+    """The negative control: the comparison above can fail, and does when DDP is left out."""
+    assert runs["unaveraged"]["metrics"]["images"] == runs["single"]["result"]["images"]
+    assert not _matches_single_process(_compare(runs, "unaveraged"))

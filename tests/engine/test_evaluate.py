@@ -1,4 +1,4 @@
-"""faceattr.engine.evaluate: metrics against sklearn, threshold tuning, evaluate/select/test on a run folder."""
+"""faceattr.engine.evaluate (metrics against sklearn, threshold tuning) and evaluate/select/test on a run folder."""
 from __future__ import annotations
 
 import json
@@ -19,9 +19,9 @@ from faceattr.engine.evaluate import (
     get_accuracy,
     majority_classes,
     score_loader,
-    select_best,
     tune_thresholds,
 )
+from faceattr.engine.selection import select_best
 from faceattr.attributes import ATTRIBUTES
 from faceattr.run.layout import RunLayout
 from faceattr.model import build_model, head_name
