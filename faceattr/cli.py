@@ -74,10 +74,10 @@ def cmd_split(args: argparse.Namespace) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> Any:
-    from faceattr.engine.train import train_epoch
+    from faceattr.engine.distributed import launch_epoch  # one process, or DDP over the visible GPUs
 
     run_dir = Path(args.run)
-    return train_epoch(run_dir, args.epoch, _run_config(run_dir, _config_overrides(args)))
+    return launch_epoch(run_dir, args.epoch, _run_config(run_dir, _config_overrides(args)))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> Any:
@@ -88,7 +88,7 @@ def cmd_evaluate(args: argparse.Namespace) -> Any:
 
 
 def cmd_select(args: argparse.Namespace) -> Any:
-    from faceattr.engine.evaluate import select_best
+    from faceattr.engine.selection import select_best
 
     return select_best(Path(args.run))
 
