@@ -303,7 +303,7 @@ def _score_figures(work: Path, root: Path, spec: BenchSize, device) -> dict[str,
     from faceattr.config import RunConfig
     from faceattr.data.loaders import CelebAImages
     from faceattr.data.transforms import eval_transform
-    from faceattr.engine.evaluate import export_model
+    from faceattr.model import export_model
     from faceattr.data.layout import images_dir
     from faceattr.model import build_model
     from faceattr.engine.predict import list_folder, predict

@@ -236,7 +236,7 @@ def test_device_jpeg_decode_gives_the_pil_results_and_errors(tmp_path, monkeypat
     import pandas as pd
 
     import faceattr.engine.predict as predict_module
-    from faceattr.engine.evaluate import export_model
+    from faceattr.model import export_model
     from faceattr.model import build_model
 
     folder = tmp_path / "images"
@@ -374,7 +374,7 @@ def test_cuda_predict_decodes_jpegs_with_nvjpeg_and_keeps_the_errors(tmp_path, m
     import pandas as pd
 
     import faceattr.engine.predict as predict_module
-    from faceattr.engine.evaluate import export_model
+    from faceattr.model import export_model
     from faceattr.model import build_model
 
     folder = tmp_path / "images"

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from faceattr.config import RunConfig
-from faceattr.engine.evaluate import export_model
+from faceattr.model import export_model
 from faceattr.data.images import IMAGE_SIZE, ImageError, open_image
 from faceattr.attributes import ATTRIBUTES
 from faceattr.model import build_model
