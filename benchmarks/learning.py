@@ -7,7 +7,7 @@
 It runs what a user runs, `faceattr synth` (or `download` of a CelebA folder), `faceattr download`
 and `faceattr fit`, with the from-scratch CPU recipe below, then prints the test split's mean
 accuracy beside the majority baseline (always guessing each attribute's commoner value in the
-train split) and, for synthetic data, every visibly drawn attribute (faceattr.synth.faces.DRAWN_ATTRIBUTES).
+train split) and, for synthetic data, every visibly drawn attribute (faceattr.synth.drawing.DRAWN_ATTRIBUTES).
 
 Verdict for synthetic data: the mean at least --min-gain points above the baseline and every drawn
 attribute above its own baseline (one whose test images all share one class cannot be, and is
@@ -88,7 +88,7 @@ def report(test: dict, summary: dict, seconds: float, args: argparse.Namespace) 
     if args.celeba:
         ok = gain > 0
     else:
-        from faceattr.synth.faces import DRAWN_ATTRIBUTES
+        from faceattr.synth.drawing import DRAWN_ATTRIBUTES
 
         print(f"\n{'drawn attribute':22s} {'accuracy':>9s} {'baseline':>9s} {'points':>7s}")
         not_above, one_class = [], []

@@ -60,7 +60,7 @@ def run_benchmark(size: str = "auto", device: str | None = None, data_root: str 
     """Measure both recipes; print a text table and one JSON line to `out` (stdout); return the figures.
 
     `data_root`: a dataset ROOT (ROOT/celeba/...) whose first images are used; default: a
-    synthetic set written to a temporary folder (faceattr.synth.faces) and removed afterwards.
+    synthetic set written to a temporary folder (faceattr.synth.files) and removed afterwards.
     """
     import torch
 
@@ -141,7 +141,7 @@ def _dataset(work: Path, spec: BenchSize, data_root: str | Path | None):
         return root, ids, attributes.loc[ids].to_numpy(dtype=np.int8), f"{len(ids)} images of {root}"
 
     from faceattr.data.download import acquire
-    from faceattr.synth.faces import generate
+    from faceattr.synth.files import generate
 
     generate(work / "source", n=spec.synth_images, seed=0)
     root = work / "root"

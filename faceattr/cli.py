@@ -53,7 +53,7 @@ def _print(result: Any) -> None:
 
 # -- handlers ---------------------------------------------------------------------------------
 def cmd_synth(args: argparse.Namespace) -> Any:
-    from faceattr.synth.faces import generate
+    from faceattr.synth.files import generate
 
     return generate(Path(args.out), n=args.n, seed=args.seed)
 

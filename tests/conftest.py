@@ -36,7 +36,7 @@ def celeba_annotations() -> Path:
 
 def _synthetic_root(factory: pytest.TempPathFactory, name: str, n: int, seed: int) -> Path:
     from faceattr.data.download import acquire
-    from faceattr.synth.faces import generate
+    from faceattr.synth.files import generate
 
     base = factory.mktemp(name)
     generate(base / "source", n=n, seed=seed)
@@ -47,7 +47,7 @@ def _synthetic_root(factory: pytest.TempPathFactory, name: str, n: int, seed: in
 @pytest.fixture(scope="session")
 def synth_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder laid out like the official CelebA distribution (zip + label files), 120 images."""
-    from faceattr.synth.faces import generate
+    from faceattr.synth.files import generate
 
     out = tmp_path_factory.mktemp("synth-source") / "source"
     generate(out, n=120, seed=7)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from faceattr.attributes import ATTRIBUTES
-from faceattr.synth.faces import DRAWN_ATTRIBUTES
+from faceattr.synth.drawing import DRAWN_ATTRIBUTES
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "learning.py"
 

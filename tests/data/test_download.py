@@ -126,7 +126,7 @@ def test_touched_file_is_rehashed_changed_file_refetched(source, tmp_path):
 def test_changed_source_is_fetched_again(source, synth_source, tmp_path):
     root = tmp_path / "root"
     acquire(str(source), root)
-    from faceattr.synth.faces import generate
+    from faceattr.synth.files import generate
 
     generate(source, n=30, seed=99)  # new data in the same folder
     result = acquire(str(source), root)

@@ -213,7 +213,7 @@ def test_train_epoch_runs_on_the_cache_path(tmp_path):
     from faceattr.checkpoint import load_checkpoint
     from faceattr.data.download import acquire
     from faceattr.data.split import make_split
-    from faceattr.synth.faces import generate
+    from faceattr.synth.files import generate
     from faceattr.engine.train import train_epoch
 
     generate(tmp_path / "source", n=40, seed=5)

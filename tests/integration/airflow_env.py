@@ -50,7 +50,7 @@ def configure() -> Path:
 
 def synthetic_source(out: Path) -> Path:
     """A small synthetic dataset in the official distribution layout (the DAG's download source)."""
-    from faceattr.synth.faces import generate
+    from faceattr.synth.files import generate
 
     generate(out, n=IMAGES, seed=7)
     return out

@@ -75,7 +75,7 @@ def _require_services() -> None:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     _require_services()
-    from faceattr.synth.faces import generate
+    from faceattr.synth.files import generate
 
     home = tmp_path_factory.mktemp("celery-cluster")
     source = home / "source"

@@ -173,7 +173,7 @@ def test_push_of_a_missing_run_folder_is_an_error(tmp_path, url):
 def small_root(tmp_path_factory):
     """60 synthetic images: enough for a split and one short CPU epoch."""
     from faceattr.data.download import acquire
-    from faceattr.synth.faces import generate
+    from faceattr.synth.files import generate
 
     base = tmp_path_factory.mktemp("artifacts-data")
     generate(base / "source", n=60, seed=2)
