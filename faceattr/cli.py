@@ -9,11 +9,13 @@ import argparse
 import dataclasses
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
 from faceattr.config import ConfigError, RunConfig, field_kind, save_or_check
+from faceattr.run.layout import RunLayout
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] = ()) -> None:
@@ -41,7 +43,7 @@ def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _run_config(run_dir: Path, overrides: dict[str, Any]) -> RunConfig:
     """The saved config of RUN with the flags given on this command line applied, checked."""
-    base = RunConfig.load(run_dir).to_dict() if (run_dir / "config.json").exists() else {}
+    base = RunConfig.load(run_dir).to_dict() if RunLayout(run_dir).config.exists() else {}
     config = RunConfig.from_dict({**base, **overrides}, source="command line")
     return save_or_check(config, run_dir)
 
@@ -97,7 +99,7 @@ def cmd_predict(args: argparse.Namespace) -> Any:
     from faceattr.engine.predict import predict
 
     return predict(
-        Path(args.model), Path(args.images), Path(args.out),
+        _model_file(args.model), Path(args.images), Path(args.out),
         scores=args.scores, batch_size=args.batch_size, device=args.device,
     )
 
@@ -123,14 +125,43 @@ def cmd_cache(args: argparse.Namespace) -> Any:
 
 def cmd_runs(args: argparse.Namespace) -> Any:
     from faceattr.store.store import Store
+    from faceattr.views import format_run, format_runs
 
-    store = Store.from_env()
-    run_id = getattr(args, "run_id", None)
-    if run_id:
-        print(store.format_run(run_id))
-    else:
-        print(store.format_runs())
+    with Store.from_env() as store:
+        run_id = getattr(args, "run_id", None)
+        print(format_run(store, run_id) if run_id else format_runs(store))
     return None
+
+
+def cmd_models(args: argparse.Namespace) -> Any:
+    import getpass
+
+    from faceattr.store import registry
+    from faceattr.store.store import Store
+    from faceattr.views import format_models
+
+    actor = f"{getpass.getuser()} (faceattr models {args.models_command or 'list'})"
+    with Store.from_env() as store:
+        if args.models_command == "publish":
+            return registry.publish(store, Path(args.run), min_gain=args.min_gain, force=args.force, actor=actor)
+        if args.models_command == "promote":
+            print(registry.promote(store, args.run_id, actor=actor)["message"])
+        elif args.models_command == "rollback":
+            print(registry.rollback(store, actor=actor)["message"])
+        else:
+            print(format_models(store))
+    return None
+
+
+def _model_file(model: str) -> Path:
+    """--model: a model.pt path, or `champion`/a run id resolved in the run store."""
+    if model.endswith(".pt") or Path(model).exists():
+        return Path(model)
+    from faceattr.store import registry
+    from faceattr.store.store import Store
+
+    with Store.from_env() as store:
+        return Path(registry.resolve(store, model)["path"])
 
 
 def cmd_bench(args: argparse.Namespace) -> Any:
@@ -181,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True)
 
     p = command("predict", cmd_predict, "score a folder or zip of images into a CSV")
-    p.add_argument("--model", required=True, help="RUN/model.pt")
+    p.add_argument("--model", required=True, help="RUN/model.pt, or 'champion' or a run id from the run store")
     p.add_argument("--images", required=True, help="a folder or a .zip of images")
     p.add_argument("--out", required=True, help="the CSV to write")
     p.add_argument("--scores", action="store_true", help="add the raw scores as columns")
@@ -203,6 +234,17 @@ def build_parser() -> argparse.ArgumentParser:
     show = runs_sub.add_parser("show", help="per-epoch and per-attribute figures of one run")
     show.add_argument("run_id")
 
+    p = command("models", cmd_models, "list published models (champion first, and why); publish, promote, rollback")
+    models_sub = p.add_subparsers(dest="models_command", metavar="{publish,promote,rollback}")
+    publish = models_sub.add_parser("publish", help="record RUN's tested model; promote it if it beats the champion")
+    publish.add_argument("run", metavar="RUN", help="the run folder")
+    publish.add_argument("--min-gain", type=float, default=0.0,
+                         help="test mean accuracy it must gain over the champion (default 0: any gain)")
+    publish.add_argument("--force", action="store_true", help="promote whatever the comparison says")
+    promote = models_sub.add_parser("promote", help="make RUN's model the champion by hand")
+    promote.add_argument("run_id", metavar="RUN", help="a run id in the run store")
+    models_sub.add_parser("rollback", help="give the championship back to the model the champion replaced")
+
     p = command("bench", cmd_bench, "measure the write-up recipe against faceattr's fast path")
     p.add_argument("--size", choices=("auto", "small", "full"), default="auto")
     p.add_argument("--device", default=None)
@@ -212,13 +254,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # A background job of a script starts with SIGINT ignored; Ctrl-C or kill -INT must still stop it (130).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
         _print(args.handler(args))
-    except (ConfigError, ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
+    except (ConfigError, ValueError, OSError, RuntimeError) as exc:  # OSError: a full disk, a directory as --out
         print(f"faceattr {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

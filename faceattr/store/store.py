@@ -2,7 +2,8 @@
 
 The run folder stays the source of truth; the store is an index over it that the Airflow tasks
 keep current (`sync_run_dir` after each stage) and `faceattr runs` reads. Every write is an
-upsert on the table's natural key, so a retried task never duplicates a row.
+upsert on the table's natural key, so a retried task never duplicates a row. Beside this module:
+schema.py (the tables), values.py (the value checks), sync.py (run folder -> rows).
 
 The URL comes from FACEATTR_DB_URL; the default is a SQLite file, $FACEATTR_HOME/faceattr.db
 (FACEATTR_HOME defaults to ./data). The schema is created and upgraded by the Alembic migrations
@@ -13,40 +14,32 @@ Only SQLAlchemy is imported at module level: DAG files may import this at parse 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import math
 import os
-import re
 import threading
 from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from sqlalchemy import (
-    JSON, Boolean, DateTime, Float, ForeignKey, ForeignKeyConstraint, Index, Integer, String, Text,
-    create_engine, event, false, func, select, text,
-)
+from sqlalchemy import create_engine, event, func, select
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
-from sqlalchemy.types import TypeDecorator
+from sqlalchemy.orm import Session
 
+from faceattr import settings
+from faceattr.attributes import ATTRIBUTES, SPLITS
 from faceattr.fsutil import read_json
-from faceattr.attributes import ATTRIBUTES
 from faceattr.run.layout import RunLayout
+from faceattr.store import values as v
+from faceattr.store.schema import (
+    MIGRATIONS_DIR, TABLES, VERSION_TABLE, AttributeMetric, Base, Epoch, Model, Run, ScoringJob,
+)
+from faceattr.store.sync import read_run_dir
 
-DB_URL_ENV = "FACEATTR_DB_URL"
-HOME_ENV = "FACEATTR_HOME"
+DB_URL_ENV = settings.DB_URL
 DB_FILE = "faceattr.db"
-MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
-# Not Alembic's default name: the store may share a database with Airflow's own metadata.
-VERSION_TABLE = "faceattr_alembic_version"
-
-# Airflow's DagRunState / TaskInstanceState names, so a task can pass its state through.
-STATES = ("queued", "running", "success", "failed")
-SPLITS = ("train", "val", "test")
+STATES = v.STATES
 
 # Alembic keeps its migration context in module globals: one upgrade at a time per process.
 # Taken before the database transaction, so it never waits while holding a database lock.
@@ -63,216 +56,10 @@ class RunNotFoundError(ValueError):
     """A run id that the store does not hold."""
 
 
-# -- schema (the migrations create it; these classes describe it) ------------------------------
-class UTCDateTime(TypeDecorator):
-    """Timestamps stored as naive UTC and read back as aware UTC, alike on SQLite and PostgreSQL."""
-
-    impl = DateTime
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
-        return None if value is None else value.astimezone(timezone.utc).replace(tzinfo=None)
-
-    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
-        return None if value is None else value.replace(tzinfo=timezone.utc)
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class Run(Base):
-    __tablename__ = "runs"
-
-    id: Mapped[str] = mapped_column(String, primary_key=True)
-    dag_run_id: Mapped[str | None] = mapped_column(String)
-    config: Mapped[dict] = mapped_column(JSON, default=lambda: {})
-    status: Mapped[str] = mapped_column(String, default="running", server_default="running")
-    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    run_dir: Mapped[str] = mapped_column(Text)
-
-
-class Epoch(Base):
-    __tablename__ = "epochs"
-
-    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
-    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
-    train_loss: Mapped[float | None] = mapped_column(Float)
-    train_accuracy: Mapped[float | None] = mapped_column(Float)
-    train_images: Mapped[int | None] = mapped_column(Integer)
-    seconds: Mapped[float | None] = mapped_column(Float)
-    images_per_second: Mapped[float | None] = mapped_column(Float)
-    val_mean_accuracy: Mapped[float | None] = mapped_column(Float)
-    val_majority_baseline: Mapped[float | None] = mapped_column(Float)
-    test_mean_accuracy: Mapped[float | None] = mapped_column(Float)
-
-
-class AttributeMetric(Base):
-    __tablename__ = "attribute_metrics"
-
-    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
-    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
-    split: Mapped[str] = mapped_column(String, primary_key=True)
-    attribute: Mapped[str] = mapped_column(String, primary_key=True)
-    accuracy: Mapped[float | None] = mapped_column(Float)
-    balanced_accuracy: Mapped[float | None] = mapped_column(Float)
-    f1: Mapped[float | None] = mapped_column(Float)
-    majority_baseline: Mapped[float | None] = mapped_column(Float)
-
-
-class Model(Base):
-    __tablename__ = "models"
-    # At most one current model, enforced by the database, not only by upsert_model.
-    __table_args__ = (
-        Index(
-            "models_one_current", "is_current", unique=True,
-            sqlite_where=text("is_current"), postgresql_where=text("is_current"),
-        ),
-    )
-
-    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
-    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
-    path: Mapped[str] = mapped_column(Text)
-    val_mean_accuracy: Mapped[float] = mapped_column(Float)
-    test_mean_accuracy: Mapped[float | None] = mapped_column(Float)
-    published: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
-    is_current: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
-
-
-class ScoringJob(Base):
-    __tablename__ = "scoring_jobs"
-    __table_args__ = (
-        ForeignKeyConstraint(
-            ["model_run_id", "model_epoch"], ["models.run_id", "models.epoch"], ondelete="SET NULL",
-        ),
-    )
-
-    id: Mapped[str] = mapped_column(String, primary_key=True)
-    model_path: Mapped[str | None] = mapped_column(Text)
-    model_run_id: Mapped[str | None] = mapped_column(String)
-    model_epoch: Mapped[int | None] = mapped_column(Integer)
-    input_path: Mapped[str | None] = mapped_column(Text)
-    output_csv: Mapped[str | None] = mapped_column(Text)
-    errors_csv: Mapped[str | None] = mapped_column(Text)
-    images: Mapped[int | None] = mapped_column(Integer)
-    rows: Mapped[int | None] = mapped_column(Integer)
-    errors: Mapped[int | None] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String, default="running", server_default="running")
-    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    message: Mapped[str | None] = mapped_column(Text)
-
-
-# -- value checks: every bad input names the field ----------------------------------------------
-def _number(name: str, value: Any, *, low: float | None = None, high: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name}: expected a number, got {value!r}")
-    value = float(value)
-    if not math.isnan(value) and ((low is not None and value < low) or (high is not None and value > high)):
-        raise ValueError(f"{name}: {value!r} is outside [{low}, {high}]")
-    return value
-
-
-def _count(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name}: expected a non-negative integer, got {value!r}")
-    return value
-
-
-def _text(name: str, value: Any) -> str:
-    if isinstance(value, os.PathLike):
-        value = os.fspath(value)
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{name}: expected a non-empty string, got {value!r}")
-    return value
-
-
-def _message(name: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"{name}: expected a string, got {value!r}")
-    return value
-
-
-def _state(name: str, value: Any) -> str:
-    if value not in STATES:
-        raise ValueError(f"{name}: {value!r} is not one of {', '.join(STATES)}")
-    return value
-
-
-def _time(name: str, value: Any) -> datetime:
-    """A datetime or ISO 8601 string (Airflow's {{ ts }}); naive times are taken as UTC."""
-    if isinstance(value, str):
-        try:
-            value = datetime.fromisoformat(value)
-        except ValueError:
-            raise ValueError(f"{name}: {value!r} is not an ISO 8601 time") from None
-    if not isinstance(value, datetime):
-        raise ValueError(f"{name}: expected a datetime or ISO 8601 string, got {value!r}")
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    value = value.astimezone(timezone.utc)
-    # A plain datetime: drivers need not know subclasses such as Airflow's pendulum.DateTime.
-    return datetime(value.year, value.month, value.day, value.hour, value.minute, value.second,
-                    value.microsecond, tzinfo=timezone.utc)
-
-
-def _fraction(name: str, value: Any) -> float:
-    return _number(name, value, low=0.0, high=1.0)
-
-
-def _nonnegative(name: str, value: Any) -> float:
-    return _number(name, value, low=0.0)
-
-
-EPOCH_FIGURES = {
-    "train_loss": _number,
-    "train_accuracy": _fraction,
-    "train_images": _count,
-    "seconds": _nonnegative,
-    "images_per_second": _nonnegative,
-    "val_mean_accuracy": _fraction,
-    "val_majority_baseline": _fraction,
-    "test_mean_accuracy": _fraction,
-}
-ATTRIBUTE_FIGURES = {"accuracy": _fraction, "balanced_accuracy": _fraction, "f1": _fraction}
-JOB_FIELDS = {
-    "model_path": _text,
-    "model_run_id": _text,
-    "model_epoch": _count,
-    "input_path": _text,
-    "output_csv": _text,
-    "errors_csv": _text,
-    "images": _count,
-    "rows": _count,
-    "errors": _count,
-    "status": _state,
-    "started_at": _time,
-    "finished_at": _time,
-    "message": _message,
-}
-
-
-def _checked(fields: dict[str, Any], checks: dict[str, Any], what: str) -> dict[str, Any]:
-    """Apply the check of each given field; None means 'leave as it is' and is dropped."""
-    unknown = sorted(set(fields) - set(checks))
-    if unknown:
-        raise ValueError(f"{what}: unknown field(s) {', '.join(unknown)}; known: {', '.join(checks)}")
-    return {name: checks[name](name, value) for name, value in fields.items() if value is not None}
-
-
-def _epoch_number(value: Any) -> int:
-    return _count("epoch", value)
-
-
 # -- the store ----------------------------------------------------------------------------------
 def default_url() -> str:
     """FACEATTR_DB_URL, else a SQLite file $FACEATTR_HOME/faceattr.db (FACEATTR_HOME: ./data)."""
-    url = os.environ.get(DB_URL_ENV)
-    if url:
-        return url
-    home = Path(os.environ.get(HOME_ENV) or "data").resolve()
-    return f"sqlite:///{home / DB_FILE}"
+    return settings.db_url() or f"sqlite:///{settings.home().resolve() / DB_FILE}"
 
 
 class Store:
@@ -336,16 +123,18 @@ class Store:
         from alembic import command
 
         log.info("run store %s: bringing the schema to the latest migration", self.url)
-        with _UPGRADE_LOCK, self._write() as conn:
+        with _UPGRADE_LOCK, self.write() as conn:
             if conn.dialect.name == "postgresql":
                 # Two tasks opening a fresh database at once: the second waits, then finds it done.
-                # (On SQLite, _write's BEGIN IMMEDIATE does the same.)
+                # (On SQLite, write()'s BEGIN IMMEDIATE does the same.)
                 conn.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext('faceattr.store.store.upgrade'))")
             command.upgrade(self._alembic_config(conn), "head")
 
     # -- writes ---------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def _write(self) -> Iterator[Connection]:
+    def write(self) -> Iterator[Connection]:
+        """A write transaction. On SQLite it begins IMMEDIATE, so writers queue one after another;
+        on PostgreSQL a writer that reads before it decides takes an advisory lock (registry.py)."""
         with self.engine.connect() as conn:
             conn.execution_options(faceattr_write=True)
             with conn.begin():
@@ -383,34 +172,34 @@ class Store:
                 raise ValueError(f"run {run_id!r}: {name} is required")
         values = self._run_values(run_id, run_dir=run_dir, config=config, status=status,
                                   dag_run_id=dag_run_id, started_at=started_at, finished_at=finished_at)
-        with self._write() as conn:
+        with self.write() as conn:
             self._upsert(conn, Run, [values], ["id"], [k for k in values if k != "id"])
 
     @staticmethod
     def _run_values(run_id: str, **fields: Any) -> dict[str, Any]:
         checks = {
-            "run_dir": lambda name, value: str(Path(_text(name, value)).resolve()),
-            "config": _json_object,
-            "status": _state,
-            "dag_run_id": _text,
-            "started_at": _time,
-            "finished_at": _time,
+            "run_dir": lambda name, value: str(Path(v.nonempty(name, value)).resolve()),
+            "config": v.json_object,
+            "status": v.state,
+            "dag_run_id": v.nonempty,
+            "started_at": v.utc_time,
+            "finished_at": v.utc_time,
         }
-        return {"id": _text("run_id", run_id), **_checked(fields, checks, f"run {run_id!r}")}
+        return {"id": v.nonempty("run_id", run_id), **v.checked(fields, checks, f"run {run_id!r}")}
 
     def upsert_epoch(self, run_id: str, epoch: int, **figures: float | int | None) -> None:
-        """Insert or update one epoch's figures (names in EPOCH_FIGURES); others stay as they are."""
-        row = {"run_id": run_id, "epoch": _epoch_number(epoch),
-               **_checked(figures, EPOCH_FIGURES, f"run {run_id!r} epoch {epoch!r}")}
-        with self._write() as conn:
+        """Insert or update one epoch's figures (names in v.EPOCH_FIGURES); others stay as they are."""
+        row = {"run_id": run_id, "epoch": v.epoch_number(epoch),
+               **v.checked(figures, v.EPOCH_FIGURES, f"run {run_id!r} epoch {epoch!r}")}
+        with self.write() as conn:
             self._require_run(conn, run_id)
             self._upsert(conn, Epoch, [row], ["run_id", "epoch"], [k for k in row if k not in ("run_id", "epoch")])
 
     def upsert_attribute_metrics(self, run_id: str, epoch: int, split: str,
                                  attributes: dict[str, dict[str, float]]) -> None:
         """One row per attribute: {"accuracy", "balanced_accuracy", "f1"} (and optional "majority_baseline")."""
-        rows = _attribute_rows(run_id, epoch, split, attributes, where=f"run {run_id!r} {split} epoch {epoch!r}")
-        with self._write() as conn:
+        rows = v.attribute_rows(run_id, epoch, split, attributes, where=f"run {run_id!r} {split} epoch {epoch!r}")
+        with self.write() as conn:
             self._require_run(conn, run_id)
             self._upsert_attribute_rows(conn, rows)
 
@@ -426,36 +215,39 @@ class Store:
     def upsert_model(self, run_id: str, epoch: int, path: str | os.PathLike, *, val_mean_accuracy: float,
                      test_mean_accuracy: float | None, published: bool = False,
                      make_current: bool = False) -> None:
-        """Register a run's model. published/make_current=True set the flags; False leaves them as
-        they are, so a retry never unpublishes. A current model is published, and the only current one."""
+        """Record a run's model. Whether it is published and which model is the champion are the
+        registry's decisions (faceattr.store.registry); recording alone never changes them.
+
+        published/make_current: the pre-registry way to publish, kept until the DAG's publish task
+        calls registry.publish (TODO: remove then)."""
         values = {
-            "run_id": _text("run_id", run_id),
-            "epoch": _epoch_number(epoch),
-            "path": str(Path(_text("path", path)).resolve()),
-            "val_mean_accuracy": _fraction("val_mean_accuracy", val_mean_accuracy),
+            "run_id": v.nonempty("run_id", run_id),
+            "epoch": v.epoch_number(epoch),
+            "path": str(Path(v.nonempty("path", path)).resolve()),
+            "val_mean_accuracy": v.fraction("val_mean_accuracy", val_mean_accuracy),
         }
         if test_mean_accuracy is not None:
-            values["test_mean_accuracy"] = _fraction("test_mean_accuracy", test_mean_accuracy)
+            values["test_mean_accuracy"] = v.fraction("test_mean_accuracy", test_mean_accuracy)
         if published or make_current:
             values["published"] = True
-        with self._write() as conn:
+        with self.write() as conn:
             self._require_run(conn, run_id)
             if make_current:
                 if conn.dialect.name == "postgresql":
-                    conn.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext('faceattr.store.store.current'))")
+                    conn.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext('faceattr.store.registry'))")
                 conn.execute(
                     Model.__table__.update()
                     .where(Model.is_current, ~((Model.run_id == run_id) & (Model.epoch == values["epoch"])))
-                    .values(is_current=False)
+                    .values(is_current=False, state="retired")
                 )
-                values["is_current"] = True
+                values.update(is_current=True, state="champion")
             self._upsert(conn, Model, [values], ["run_id", "epoch"],
                          [k for k in values if k not in ("run_id", "epoch")])
 
     def upsert_scoring_job(self, job_id: str, **fields: Any) -> None:
-        """Insert or update a scoring job (field names in JOB_FIELDS); None leaves a field as it is."""
-        values = {"id": _text("job_id", job_id), **_checked(fields, JOB_FIELDS, f"scoring job {job_id!r}")}
-        with self._write() as conn:
+        """Insert or update a scoring job (field names in v.JOB_FIELDS); None leaves a field as it is."""
+        values = {"id": v.nonempty("job_id", job_id), **v.checked(fields, v.JOB_FIELDS, f"scoring job {job_id!r}")}
+        with self.write() as conn:
             model_key = (values.get("model_run_id"), values.get("model_epoch"))
             if None not in model_key and conn.execute(
                 select(Model.run_id).where(Model.run_id == model_key[0], Model.epoch == model_key[1])
@@ -478,10 +270,10 @@ class Store:
         if run_fields.get("config") is None and layout.config.is_file():
             run_fields["config"] = read_json(layout.config)  # absent: keep what the store has
         run = self._run_values(run_id, run_dir=layout.root, **run_fields)
-        epochs, attribute_rows = _read_metrics(run_id, layout)
-        model = _read_best(layout, epochs)
+        rows = read_run_dir(run_id, layout.root)
+        epochs, attribute_rows, model = rows.epochs, rows.attribute_metrics, rows.model
 
-        with self._write() as conn:
+        with self.write() as conn:
             self._upsert(conn, Run, [run], ["id"], [k for k in run if k != "id"])
             for figures in epochs.values():
                 self._upsert(conn, Epoch, [figures], ["run_id", "epoch"],
@@ -489,7 +281,7 @@ class Store:
             self._upsert_attribute_rows(conn, attribute_rows)
             if model is not None:
                 model["run_id"] = run_id
-                # Flags (published, current) are decisions, not files: a sync never changes them.
+                # Registry state (published, champion) is a decision, not a file: a sync never changes it.
                 self._upsert(conn, Model, [model], ["run_id", "epoch"],
                              [k for k in model if k not in ("run_id", "epoch")])
         return {
@@ -501,6 +293,7 @@ class Store:
 
     # -- reads ----------------------------------------------------------------------------------
     def current_model(self) -> dict[str, Any] | None:
+        """The champion (the model `champion`/`latest` scoring uses), or None before the first publish."""
         with Session(self.engine) as session:
             model = session.scalars(select(Model).where(Model.is_current)).first()
             return None if model is None else _model_dict(model)
@@ -546,82 +339,15 @@ class Store:
 
     def count(self, table: str) -> int:
         """Rows in one of the store's tables (for checks and tests)."""
-        tables = {t.__tablename__: t for t in (Run, Epoch, AttributeMetric, Model, ScoringJob)}
-        if table not in tables:
-            raise ValueError(f"table: {table!r} is not one of {', '.join(tables)}")
+        if table not in TABLES:
+            raise ValueError(f"table: {table!r} is not one of {', '.join(TABLES)}")
         with Session(self.engine) as session:
-            return session.scalar(select(func.count()).select_from(tables[table]))
+            return session.scalar(select(func.count()).select_from(TABLES[table]))
 
     def scoring_job(self, job_id: str) -> dict[str, Any] | None:
         with Session(self.engine) as session:
             job = session.get(ScoringJob, job_id)
             return None if job is None else _row_dict(job)
-
-    # -- text for `faceattr runs` -----------------------------------------------------------------
-    def format_runs(self) -> str:
-        runs = self.runs()
-        if not runs:
-            return f"no runs in the run store {self.url}"
-        rows = [
-            [r["id"], r["status"], r["epochs"], _fmt(r["best_epoch"]), _fmt(r["val_mean_accuracy"]),
-             _fmt(r["test_mean_accuracy"]), _fmt(r["started_at"]), r["run_dir"]]
-            for r in runs
-        ]
-        return _table(["run", "status", "epochs", "best epoch", "val acc", "test acc", "started", "run dir"], rows)
-
-    def format_run(self, run_id: str) -> str:
-        run = self.run(run_id)
-        current = self.current_model()
-        lines = [
-            f"run {run['id']}  status {run['status']}  dag run {_fmt(run['dag_run_id'])}",
-            f"folder {run['run_dir']}",
-            f"started {_fmt(run['started_at'])}  finished {_fmt(run['finished_at'])}",
-            f"best epoch {_fmt(run['best_epoch'])}  val acc {_fmt(run['val_mean_accuracy'])}  "
-            f"test acc {_fmt(run['test_mean_accuracy'])}",
-        ]
-        for model in run["models"]:
-            flags = [flag for flag in ("published", "current") if model[flag]]
-            lines.append(f"model epoch {model['epoch']}: {model['path']}"
-                         + (f" ({', '.join(flags)})" if flags else ""))
-        if current and current["run_id"] != run["id"]:
-            lines.append(f"current model: run {current['run_id']} epoch {current['epoch']}")
-
-        lines += ["", "per epoch"]
-        if run["epochs"]:
-            lines.append(_table(
-                ["epoch", "train loss", "train acc", "val acc", "val baseline", "test acc", "seconds", "img/s"],
-                [[e["epoch"], _fmt(e["train_loss"]), _fmt(e["train_accuracy"]), _fmt(e["val_mean_accuracy"]),
-                  _fmt(e["val_majority_baseline"]), _fmt(e["test_mean_accuracy"]), _fmt(e["seconds"], 1),
-                  _fmt(e["images_per_second"], 1)] for e in run["epochs"]],
-            ))
-        else:
-            lines.append("no epochs recorded")
-
-        # Per-attribute figures of the best epoch (else the latest epoch that has any).
-        metrics = run["attribute_metrics"]
-        epoch = run["best_epoch"]
-        if not any(m["epoch"] == epoch for m in metrics) and metrics:
-            epoch = max(m["epoch"] for m in metrics)
-        chosen = [m for m in metrics if m["epoch"] == epoch]
-        lines += ["", f"per attribute, epoch {_fmt(epoch)}"]
-        if not chosen:
-            lines.append("no attribute metrics recorded")
-            return "\n".join(lines)
-        splits = [s for s in SPLITS if any(m["split"] == s for m in chosen)]
-        by_key = {(m["attribute"], m["split"]): m for m in chosen}
-        attributes = list(dict.fromkeys(m["attribute"] for m in chosen))
-        headers = ["attribute"]
-        for split in splits:
-            headers += [f"{split} acc", f"{split} bal acc", f"{split} F1", f"{split} baseline"]
-        rows = []
-        for name in attributes:
-            row: list[Any] = [name]
-            for split in splits:
-                m = by_key.get((name, split), {})
-                row += [_fmt(m.get(k)) for k in ("accuracy", "balanced_accuracy", "f1", "majority_baseline")]
-            rows.append(row)
-        lines.append(_table(headers, rows))
-        return "\n".join(lines)
 
 
 def _quiet_alembic() -> None:
@@ -672,114 +398,7 @@ def _sqlite_transactions(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("faceattr_write") else "BEGIN")
 
 
-# -- run folder reading -------------------------------------------------------------------------
-METRICS_FILE = re.compile(r"^(train|val|test)_epoch_(\d+)\.json$")
-
-
-def _read_metrics(run_id: str, layout: RunLayout) -> tuple[dict[int, dict[str, Any]], list[dict[str, Any]]]:
-    """Epoch figures by epoch and attribute-metric rows from RUN/metrics/*.json."""
-    epochs: dict[int, dict[str, Any]] = {}
-    attribute_rows: list[dict[str, Any]] = []
-    folder = layout.root / "metrics"
-    paths = sorted(folder.iterdir()) if folder.is_dir() else []
-    for path in paths:
-        match = METRICS_FILE.match(path.name)
-        if not match:
-            continue  # temporary files of an interrupted write, or unrelated files
-        split, epoch = match.group(1), int(match.group(2))
-        data = read_json(path)
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a JSON object")
-        if data.get("epoch") != epoch:
-            raise ValueError(f"{path}: field 'epoch' is {data.get('epoch')!r}, but the file name says {epoch}")
-        if data.get("split", split) != split:
-            raise ValueError(f"{path}: field 'split' is {data['split']!r}, but the file name says {split!r}")
-        figures = epochs.setdefault(epoch, {"run_id": run_id, "epoch": epoch})
-        try:
-            if split == "train" and "loss" in data:  # written by train_epoch
-                figures.update(
-                    train_loss=_number("loss", _field(data, "loss")),
-                    train_accuracy=_fraction("accuracy", _field(data, "accuracy")),
-                    train_images=_count("images", _field(data, "images")),
-                    seconds=_nonnegative("seconds", _field(data, "seconds")),
-                    images_per_second=_nonnegative("images_per_second", _field(data, "images_per_second")),
-                )
-            if split == "val":
-                figures["val_mean_accuracy"] = _fraction("mean_accuracy", _field(data, "mean_accuracy"))
-                if data.get("majority_baseline") is not None:
-                    figures["val_majority_baseline"] = _fraction("majority_baseline", data["majority_baseline"])
-            if split == "test":
-                figures["test_mean_accuracy"] = _fraction("mean_accuracy", _field(data, "mean_accuracy"))
-            if split != "train" or "attributes" in data:  # an evaluation file
-                attribute_rows += _attribute_rows(run_id, epoch, split, _field(data, "attributes"), where="")
-        except (KeyError, ValueError) as exc:
-            raise ValueError(f"{path}: {exc.args[0]}") from None
-    return epochs, attribute_rows
-
-
-def _read_best(layout: RunLayout, epochs: dict[int, dict[str, Any]]) -> dict[str, Any] | None:
-    """The selected model from RUN/best.json, with the test accuracy of its epoch when measured."""
-    if not layout.best.is_file():
-        return None
-    best = read_json(layout.best)
-    try:
-        if not isinstance(best, dict):
-            raise ValueError("expected a JSON object")
-        epoch = _epoch_number(_field(best, "epoch"))
-        model = {
-            "epoch": epoch,
-            "path": str(layout.model.resolve()),
-            "val_mean_accuracy": _fraction("val_mean_accuracy", _field(best, "val_mean_accuracy")),
-        }
-    except (KeyError, ValueError) as exc:
-        raise ValueError(f"{layout.best}: {exc.args[0]}") from None
-    test = epochs.get(epoch, {}).get("test_mean_accuracy")
-    if test is not None:
-        model["test_mean_accuracy"] = test
-    return model
-
-
-def _field(data: dict[str, Any], name: str) -> Any:
-    if name not in data:
-        raise KeyError(f"missing field {name!r}")
-    return data[name]
-
-
-def _attribute_rows(run_id: str, epoch: Any, split: str, attributes: Any, *, where: str) -> list[dict[str, Any]]:
-    prefix = f"{where}: " if where else ""
-    if split not in SPLITS:
-        raise ValueError(f"{prefix}split {split!r} is not one of {', '.join(SPLITS)}")
-    epoch = _epoch_number(epoch)
-    if not isinstance(attributes, dict) or not attributes:
-        raise ValueError(f"{prefix}attributes: expected a non-empty object of attribute name -> figures")
-    rows = []
-    for name, figures in attributes.items():
-        if name not in ATTRIBUTES:
-            raise ValueError(f"{prefix}attributes: {name!r} is not a CelebA attribute")
-        if not isinstance(figures, dict):
-            raise ValueError(f"{prefix}attributes.{name}: expected an object, got {figures!r}")
-        row = {"run_id": run_id, "epoch": epoch, "split": split, "attribute": name}
-        for key, check in ATTRIBUTE_FIGURES.items():
-            if key not in figures:
-                raise ValueError(f"{prefix}attributes.{name}: missing field {key!r}")
-            row[key] = check(f"attributes.{name}.{key}", figures[key])
-        if figures.get("majority_baseline") is not None:
-            row["majority_baseline"] = _fraction(f"attributes.{name}.majority_baseline", figures["majority_baseline"])
-        rows.append(row)
-    return rows
-
-
-def _json_object(name: str, value: Any) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ValueError(f"{name}: expected a JSON object (dict), got {type(value).__name__}")
-    try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name}: not JSON-serialisable ({exc})") from None
-    return value
-
-
-# -- row -> dict and text -----------------------------------------------------------------------
+# -- row -> dict -----------------------------------------------------------------------
 def _row_dict(row: Base) -> dict[str, Any]:
     return {column.key: getattr(row, column.key) for column in row.__table__.columns}
 
@@ -803,36 +422,15 @@ def _metric_dict(metric: AttributeMetric) -> dict[str, Any]:
 
 
 def _best(models: list[dict[str, Any]], epochs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The selected model (highest val accuracy, earlier epoch on ties, as select_best picks),
-    else the best validated epoch so far."""
-    candidates = models or [e for e in epochs if e["val_mean_accuracy"] is not None]
+    """The selected model, else the best validated epoch so far, by faceattr.engine.selection's rule."""
+    # Imported here: the selection module loads numpy, and DAG files import the store at parse time.
+    from faceattr.engine.selection import best_epoch
+
+    candidates = {r["epoch"]: r for r in (models or [e for e in epochs if e["val_mean_accuracy"] is not None])}
     if not candidates:
         return {"best_epoch": None, "val_mean_accuracy": None, "test_mean_accuracy": None}
-    best = min(candidates, key=lambda r: (-r["val_mean_accuracy"], r["epoch"]))
+    best = candidates[best_epoch({epoch: r["val_mean_accuracy"] for epoch, r in candidates.items()})]
     test = best.get("test_mean_accuracy")
     if test is None:
         test = next((e["test_mean_accuracy"] for e in epochs if e["epoch"] == best["epoch"]), None)
     return {"best_epoch": best["epoch"], "val_mean_accuracy": best["val_mean_accuracy"], "test_mean_accuracy": test}
-
-
-def _fmt(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, datetime):
-        return value.strftime("%Y-%m-%d %H:%M UTC")
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def _table(headers: list[str], rows: list[list[Any]]) -> str:
-    """A plain-text table: first column left-aligned, the rest right-aligned."""
-    cells = [headers] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-
-    def line(row: list[str]) -> str:
-        return "  ".join(
-            (c.ljust(w) if i == 0 else c.rjust(w)) for i, (c, w) in enumerate(zip(row, widths))
-        ).rstrip()
-
-    return "\n".join([line(cells[0]), line(["-" * w for w in widths])] + [line(r) for r in cells[1:]])

@@ -2,85 +2,28 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import subprocess
 import sys
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, inspect, text
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy import inspect, text
+from sqlalchemy.exc import IntegrityError
 
 from faceattr.config import RunConfig
 from faceattr.attributes import ATTRIBUTES
 from faceattr.run.layout import RunLayout
-from faceattr.store.store import VERSION_TABLE, RunNotFoundError, Store, StoreError
+from faceattr.store import registry
+from faceattr.store.schema import VERSION_TABLE
+from faceattr.store.store import RunNotFoundError, Store, StoreError
+from faceattr.views import format_run, format_runs
 
-CI = os.environ.get("CI", "").lower() in ("1", "true", "yes") or os.environ.get("FACEATTR_STRICT") == "1"
-PG_SERVER = os.environ.get("FACEATTR_TEST_PG", "127.0.0.1:5432")
-TABLES = {"runs", "epochs", "attribute_metrics", "models", "scoring_jobs"}
-
-
-# -- fixtures: one store per test, on SQLite and on a throw-away PostgreSQL database ------------
-def _postgres_admin():
-    """An AUTOCOMMIT engine on the server's `postgres` database, as user postgres or root."""
-    try:
-        import psycopg2  # noqa: F401
-    except ImportError:
-        return None, "psycopg2 is not installed"
-    reason = ""
-    for user in ("postgres", "root"):
-        engine = create_engine(
-            f"postgresql+psycopg2://{user}@{PG_SERVER}/postgres",
-            isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5},
-        )
-        try:
-            with engine.connect():
-                return engine, ""
-        except OperationalError as exc:
-            reason = str(exc).strip().splitlines()[0]
-            engine.dispose()
-    return None, reason
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.services)])
-def store_url(request, tmp_path):
-    """URL of an empty database: a SQLite file, or a PostgreSQL database created for this test."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'store.db'}"
-        return
-    admin, reason = _postgres_admin()
-    if admin is None:
-        message = f"PostgreSQL at {PG_SERVER} unreachable: {reason}"
-        if CI:
-            pytest.fail(message + " (CI must run the PostgreSQL tests)")
-        pytest.skip(message)
-    name = f"faceattr_test_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        yield admin.url.set(database=name, drivername="postgresql+psycopg2").render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(
-                text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                     "WHERE datname = :name AND pid <> pg_backend_pid()"),
-                {"name": name},
-            )
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
-        admin.dispose()
-
-
-@pytest.fixture
-def store(store_url):
-    with Store(store_url) as opened:
-        yield opened
+TABLES = {"runs", "epochs", "attribute_metrics", "models", "scoring_jobs", "model_events"}
 
 
 def _figures(rng: random.Random) -> dict[str, float]:
@@ -96,7 +39,7 @@ def test_migrations_create_schema(store, store_url):
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
-    from faceattr.store.store import MIGRATIONS_DIR
+    from faceattr.store.schema import MIGRATIONS_DIR
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
@@ -259,30 +202,25 @@ def test_upserts_twice_leave_one_row(store, tmp_path):
     assert job["input_path"] == "/in.zip" and job["started_at"] == started
 
 
-def test_current_model_is_exclusive(store, tmp_path):
+def test_recording_a_model_never_changes_its_registry_state(store, tmp_path):
     for run_id in ("a", "b"):
         _add_run(store, run_id, tmp_path)
+        store.upsert_model(run_id, 2, tmp_path / f"{run_id}.pt", val_mean_accuracy=0.8, test_mean_accuracy=0.79)
     assert store.current_model() is None
-    store.upsert_model("a", 2, tmp_path / "a.pt", val_mean_accuracy=0.8, test_mean_accuracy=0.79, make_current=True)
-    store.upsert_model("b", 3, tmp_path / "b.pt", val_mean_accuracy=0.9, test_mean_accuracy=0.88, published=True)
-    assert (store.current_model()["run_id"], store.current_model()["epoch"]) == ("a", 2)
-
-    store.upsert_model("b", 3, tmp_path / "b.pt", val_mean_accuracy=0.9, test_mean_accuracy=0.88, make_current=True)
+    with store.engine.begin() as conn:  # what the registry decides (test_registry.py covers how)
+        conn.execute(text("UPDATE models SET is_current = :yes, published = :yes, state = 'champion' "
+                          "WHERE run_id = 'a'"), {"yes": True})
+    # A retried recording updates the figures and keeps the decision.
+    store.upsert_model("a", 2, tmp_path / "a.pt", val_mean_accuracy=0.81, test_mean_accuracy=0.8)
     current = store.current_model()
-    assert (current["run_id"], current["epoch"], current["published"]) == ("b", 3, True)
-    models = {m["run_id"]: m for m in store.run("a")["models"] + store.run("b")["models"]}
-    assert [m["run_id"] for m in models.values() if m["current"]] == ["b"]
-    assert models["a"]["published"]  # a current model is published, and stays so
+    assert (current["run_id"], current["published"], current["state"]) == ("a", True, "champion")
+    assert current["val_mean_accuracy"] == pytest.approx(0.81)
 
-    # A retry of the older registration does not take the flag back.
-    store.upsert_model("a", 2, tmp_path / "a.pt", val_mean_accuracy=0.8, test_mean_accuracy=0.79)
-    assert store.current_model()["run_id"] == "b"
-
-    # The database itself refuses a second current model.
+    # The database itself refuses a second champion.
     with pytest.raises(IntegrityError):
         with store.engine.begin() as conn:
-            conn.execute(text("UPDATE models SET is_current = :yes WHERE run_id = 'a'"), {"yes": True})
-    assert store.current_model()["run_id"] == "b"
+            conn.execute(text("UPDATE models SET is_current = :yes WHERE run_id = 'b'"), {"yes": True})
+    assert store.current_model()["run_id"] == "a"
 
 
 def test_writes_need_a_known_run_and_good_values(store, tmp_path):
@@ -393,8 +331,7 @@ def test_sync_run_dir_records_the_run_folder(store, tmp_path):
     assert (run["best_epoch"], run["test_mean_accuracy"]) == (best, pytest.approx(test))
 
     # Flags are decisions made elsewhere: a later sync keeps them.
-    store.upsert_model("run-1", best, run_dir / "model.pt", val_mean_accuracy=model["val_mean_accuracy"],
-                       test_mean_accuracy=test, make_current=True)
+    registry.promote(store, "run-1", actor="test")
     store.sync_run_dir("run-1", run_dir)
     assert store.current_model()["run_id"] == "run-1"
     assert store.run("run-1")["status"] == "success"
@@ -454,7 +391,7 @@ def test_format_run_and_runs_show_the_figures(store, tmp_path, store_url, monkey
     store.sync_run_dir("run-7", run_dir, status="success")
     best = expected["best"]
 
-    shown = store.format_run("run-7")
+    shown = format_run(store, "run-7")
     for epoch, train in expected["train"].items():
         assert f"{train['loss']:.4f}" in shown
         assert f"{expected['val'][epoch]['mean_accuracy']:.4f}" in shown
@@ -465,7 +402,7 @@ def test_format_run_and_runs_show_the_figures(store, tmp_path, store_url, monkey
             assert f"{expected['val'][best]['attributes'][name][key]:.4f}" in line
     assert f"best epoch {best}" in shown
 
-    listing = store.format_runs()
+    listing = format_runs(store)
     (row,) = [line for line in listing.splitlines() if line.startswith("run-7")]
     assert row.split()[1:4] == ["success", "3", str(best)]
     assert f"{expected['test'][best]['mean_accuracy']:.4f}" in row
@@ -478,4 +415,4 @@ def test_format_run_and_runs_show_the_figures(store, tmp_path, store_url, monkey
 
 
 def test_format_of_an_empty_store(store):
-    assert "no runs" in store.format_runs()
+    assert "no runs" in format_runs(store)

@@ -9,7 +9,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from faceattr.store.store import VERSION_TABLE, Base, default_url
+from faceattr.store.schema import VERSION_TABLE, Base
+from faceattr.store.store import default_url
 
 config = context.config
 target_metadata = Base.metadata

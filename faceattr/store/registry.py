@@ -1,0 +1,310 @@
+"""The model registry: every published run is a candidate; one is the champion, the model that
+scoring with `champion` (alias `latest`) uses.
+
+States (schema.MODEL_STATES), each recorded on the model with its reason, time and actor, and
+appended to model_events (the history):
+    champion    the model scoring uses; the database holds at most one (a unique partial index)
+    challenger  published and not promoted: it did not beat the champion, or was not comparable
+    retired     was the champion until another model replaced it
+
+The publish gate (`publish`, what the DAG's publish_model and `faceattr models publish` call):
+    - the first published model becomes champion;
+    - `force` promotes whatever the comparison says (the DAG param `promote: force`);
+    - otherwise the test mean accuracies are compared only when both models were tested on the
+      same evaluation set: same split strategy, seed and sha256 of the source label file. Then
+      the run is promoted when its gain over the champion is above 0 and at least `min_gain`
+      (param `promote_min_gain`). A run whose set differs, or is unknown, stays a challenger and
+      its reason says why: it is never compared silently.
+Each decision is one transaction that reads the champion and writes the outcome under a lock
+(BEGIN IMMEDIATE on SQLite, an advisory lock on PostgreSQL), so two publishes racing leave exactly
+one champion, the better one. `promote` and `rollback` change the champion by hand.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.engine import Connection
+
+from faceattr.data.layout import ATTR_FILE, celeba_dir
+from faceattr.fsutil import read_json
+from faceattr.run.layout import RunLayout
+from faceattr.run.metrics import read_best, read_epoch_metrics
+from faceattr.store.schema import Model, ModelEvent, Run
+from faceattr.store.store import Store
+
+CHAMPION_NAMES = ("champion", "latest")  # "latest": the name scoring used before the registry
+_LOCK = "SELECT pg_advisory_xact_lock(hashtext('faceattr.store.registry'))"
+
+
+class RegistryError(ValueError):
+    """A registry request that cannot be done (no such model, nothing to roll back to); says why."""
+
+
+# -- the evaluation set --------------------------------------------------------------------------
+def evaluation_set(run_dir: str | Path) -> dict[str, Any]:
+    """What a run's test accuracy was measured on: split strategy, seed and the sha256 of the
+    dataset's label file (None when the file cannot be read here: then nothing is comparable)."""
+    config = read_json(RunLayout(run_dir).config)
+    labels = celeba_dir(config.get("root") or ".") / ATTR_FILE
+    try:
+        digest = hashlib.sha256()
+        with open(labels, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        data_sha256 = digest.hexdigest()
+    except OSError:
+        data_sha256 = None
+    return {"split": config.get("split"), "seed": config.get("seed"), "data_sha256": data_sha256}
+
+
+def _set_difference(new: dict | None, old: dict | None) -> str | None:
+    """None when the two evaluation sets are the same and known; else what differs."""
+    if not new or not old:
+        return "the champion's evaluation set was not recorded" if new else "this run's evaluation set is unknown"
+    if new.get("data_sha256") is None or old.get("data_sha256") is None:
+        return "the source data checksum is unknown (label file not readable when published)"
+    names = {"split": "split strategy", "seed": "seed", "data_sha256": "source data sha256"}
+    differ = [f"{names[key]} {new.get(key)!r} vs {old.get(key)!r}" for key in names if new.get(key) != old.get(key)]
+    return "; ".join(differ) or None
+
+
+# -- publish: record, gate, maybe promote --------------------------------------------------------
+def publish(store: Store, run_dir: str | Path, *, run_id: str | None = None, min_gain: float = 0.0,
+            force: bool = False, actor: str, **run_fields: Any) -> dict[str, Any]:
+    """Record the run folder (as sync_run_dir does) and let its tested model through the gate.
+
+    Returns {"run", "epoch", "state", "reason", "promoted", "previous_champion", "val_mean_accuracy",
+    "test_mean_accuracy", "model"}; `promoted` is true only when this call made it the champion.
+    """
+    layout = RunLayout(run_dir)
+    run_id = run_id or layout.root.name
+    if isinstance(min_gain, bool) or not isinstance(min_gain, (int, float)) or not math.isfinite(min_gain) \
+            or not 0 <= min_gain <= 1:
+        raise ValueError(f"promote_min_gain: expected a number in [0, 1], got {min_gain!r}")
+    best = read_best(layout.root, missing_ok=False)
+    if read_epoch_metrics(layout.root, "test", best["epoch"], missing_ok=True) is None:
+        raise FileNotFoundError(
+            f"{layout.metrics('test', best['epoch'])}: the selected epoch has no test metrics; run "
+            f"'faceattr evaluate --run {layout.root} --epoch best --split test' before publishing")
+    eval_set = evaluation_set(layout.root)
+    store.sync_run_dir(run_id, layout.root, **run_fields)
+
+    with store.write() as conn:
+        _lock(conn)
+        model = _model(conn, run_id, best["epoch"])
+        conn.execute(update(Model).where(*_key(model)).values(eval_set=eval_set))
+        model["eval_set"] = eval_set
+        champion = _champion(conn)
+        if champion is not None and _same(champion, model):
+            # A retry of the publish that promoted it reports the promotion again (its event must fire).
+            event = _last_event(conn, model, "champion")
+            promoted = event is not None and event.actor == actor
+            return _result(model, "champion", model["reason"], promoted, _previous(event))
+        if champion is None:
+            state, reason = "champion", "first published model"
+        elif force:
+            state, reason = "champion", f"forced (promote: force) over run {champion['run_id']}" + _versus(model, champion)
+        else:
+            state, reason = _gate(model, eval_set, champion, min_gain)
+        if state == "champion":
+            _make_champion(conn, model, champion, reason, actor)
+        else:
+            _set_state(conn, model, state, reason, actor, champion)
+    return _result(model, state, reason, state == "champion", champion)
+
+
+def _gate(model: dict, eval_set: dict, champion: dict, min_gain: float) -> tuple[str, str]:
+    difference = _set_difference(eval_set, champion["eval_set"])
+    if difference:
+        return "challenger", (f"not compared with champion run {champion['run_id']}: evaluation sets differ "
+                              f"({difference}); publish with promote: force to promote it anyway")
+    gain = model["test_mean_accuracy"] - champion["test_mean_accuracy"]
+    if gain > 0 and gain >= min_gain:
+        return "champion", f"beats run {champion['run_id']}" + _versus(model, champion)
+    needed = "above 0" + (f" and at least {min_gain:g}" if min_gain else "")
+    return "challenger", (f"does not beat champion run {champion['run_id']}" + _versus(model, champion)
+                          + f"; the gain must be {needed}")
+
+
+def _versus(model: dict, champion: dict) -> str:
+    new, old = model["test_mean_accuracy"], champion["test_mean_accuracy"]
+    if new is None or old is None:
+        return ""
+    return f": test mean accuracy {new:.4f} vs {old:.4f} (gain {new - old:+.4f})"
+
+
+# -- by hand -------------------------------------------------------------------------------------
+def promote(store: Store, run_id: str, *, actor: str, epoch: int | None = None) -> dict[str, Any]:
+    """Make the run's model the champion by hand; returns {"changed", "message", "champion", "previous"}."""
+    with store.write() as conn:
+        _lock(conn)
+        model = _run_model(conn, run_id, epoch)
+        champion = _champion(conn)
+        if champion is not None and _same(champion, model):
+            return {"changed": False, "message": f"run {run_id} epoch {model['epoch']} is already the champion",
+                    "champion": _brief(model), "previous": None}
+        _make_champion(conn, model, champion, f"promoted by hand by {actor}", actor)
+    was = f" (was run {champion['run_id']} epoch {champion['epoch']})" if champion else ""
+    return {"changed": True, "message": f"champion is now run {run_id} epoch {model['epoch']}{was}",
+            "champion": _brief(model), "previous": _brief(champion)}
+
+
+def rollback(store: Store, *, actor: str) -> dict[str, Any]:
+    """Give the championship back to the model the current champion replaced. Rolling back twice
+    returns to where it started (each rollback replaces the champion, like any promotion)."""
+    with store.write() as conn:
+        _lock(conn)
+        champion = _champion(conn)
+        if champion is None:
+            raise RegistryError("rollback: there is no champion yet")
+        event = _last_event(conn, champion, "champion")
+        if event is None or event.previous_run_id is None:
+            raise RegistryError(f"rollback: run {champion['run_id']} was the first champion; nothing to roll back to")
+        previous = conn.execute(select(Model).where(Model.run_id == event.previous_run_id,
+                                                    Model.epoch == event.previous_epoch)).mappings().first()
+        if previous is None:
+            raise RegistryError(f"rollback: the previous champion, run {event.previous_run_id}, is no longer in the store")
+        previous = dict(previous)
+        if not Path(previous["path"]).is_file():
+            raise RegistryError(f"rollback: the previous champion's model {previous['path']} is missing")
+        _make_champion(conn, previous, champion,
+                       f"rolled back by {actor} from run {champion['run_id']} epoch {champion['epoch']}", actor)
+    return {"changed": True, "champion": _brief(previous), "previous": _brief(champion),
+            "message": (f"champion is now run {previous['run_id']} epoch {previous['epoch']} "
+                        f"(rolled back from run {champion['run_id']} epoch {champion['epoch']})")}
+
+
+# -- reads ---------------------------------------------------------------------------------------
+def champion(store: Store) -> dict[str, Any] | None:
+    with store.engine.connect() as conn:
+        return _champion(conn)
+
+
+def resolve(store: Store, name: str) -> dict[str, Any]:
+    """`champion` (or `latest`) -> the champion; a run id -> that run's published model.
+    Returns {"path", "run_id", "epoch"}; the model file must exist."""
+    with store.engine.connect() as conn:
+        if name in CHAMPION_NAMES:
+            found = _champion(conn)
+            if found is None:
+                raise RegistryError(f"model {name!r}: no model has been published yet; publish a run first")
+        else:
+            rows = conn.execute(select(Model).where(Model.run_id == name, Model.state.is_not(None))
+                                .order_by(Model.state_at.desc())).mappings().all()
+            if not rows:
+                known = conn.execute(select(Model.run_id).where(Model.state.is_not(None)).order_by(Model.run_id)
+                                     .limit(20)).scalars().all()
+                raise RegistryError(f"model {name!r}: no published model of that run; give 'champion' or one "
+                                    f"of: {', '.join(known) if known else 'none published yet'}")
+            found = dict(rows[0])
+    path = Path(found["path"])
+    if not path.is_file():
+        raise FileNotFoundError(f"model {name!r}: {path} is recorded in the run store but missing on disk")
+    return {"path": str(path), "run_id": found["run_id"], "epoch": int(found["epoch"])}
+
+
+def candidates(store: Store) -> list[dict[str, Any]]:
+    """Every published model: the champion first, then by the time of their last change, newest first."""
+    with store.engine.connect() as conn:
+        rows = conn.execute(select(Model, Run.started_at).join(Run, Run.id == Model.run_id)
+                            .where(Model.state.is_not(None))).mappings().all()
+    never = datetime.min.replace(tzinfo=timezone.utc)
+    found = [dict(row) for row in rows]
+    return sorted(found, key=lambda m: (m["state"] != "champion", -(m["state_at"] or never).timestamp()))
+
+
+def history(store: Store, limit: int = 20) -> list[dict[str, Any]]:
+    """The latest changes of state, newest first."""
+    with store.engine.connect() as conn:
+        rows = conn.execute(select(ModelEvent).order_by(ModelEvent.id.desc()).limit(limit)).mappings().all()
+    return [dict(row) for row in rows]
+
+
+# -- helpers (inside one write transaction) -----------------------------------------------------
+def _lock(conn: Connection) -> None:
+    if conn.dialect.name == "postgresql":  # SQLite: the transaction began IMMEDIATE
+        conn.exec_driver_sql(_LOCK)
+
+
+def _key(model: dict) -> tuple:
+    return Model.run_id == model["run_id"], Model.epoch == model["epoch"]
+
+
+def _same(a: dict, b: dict) -> bool:
+    return (a["run_id"], a["epoch"]) == (b["run_id"], b["epoch"])
+
+
+def _champion(conn: Connection) -> dict[str, Any] | None:
+    row = conn.execute(select(Model).where(Model.is_current)).mappings().first()
+    return None if row is None else dict(row)
+
+
+def _model(conn: Connection, run_id: str, epoch: int) -> dict[str, Any]:
+    row = conn.execute(select(Model).where(Model.run_id == run_id, Model.epoch == epoch)).mappings().first()
+    if row is None:
+        raise RegistryError(f"run {run_id!r} epoch {epoch}: no model recorded")
+    return dict(row)
+
+
+def _run_model(conn: Connection, run_id: str, epoch: int | None) -> dict[str, Any]:
+    query = select(Model).where(Model.run_id == run_id)
+    if epoch is not None:
+        query = query.where(Model.epoch == epoch)
+    rows = conn.execute(query.order_by(Model.state_at.desc(), Model.epoch.desc())).mappings().all()
+    if not rows:
+        raise RegistryError(f"run {run_id!r}: no model recorded in the run store; publish it first")
+    model = dict(rows[0])
+    if not Path(model["path"]).is_file():
+        raise RegistryError(f"run {run_id!r}: its model {model['path']} is missing on disk")
+    return model
+
+
+def _last_event(conn: Connection, model: dict, state: str):
+    return conn.execute(select(ModelEvent).where(ModelEvent.run_id == model["run_id"],
+                                                 ModelEvent.epoch == model["epoch"], ModelEvent.state == state)
+                        .order_by(ModelEvent.id.desc()).limit(1)).first()
+
+
+def _set_state(conn: Connection, model: dict, state: str, reason: str, actor: str, champion: dict | None,
+               current: bool = False) -> None:
+    """Write the model's state and append the event (nothing when state and reason are unchanged: a retry)."""
+    if (model.get("state"), model.get("reason"), model.get("is_current")) == (state, reason, current):
+        return
+    at = datetime.now(timezone.utc)
+    conn.execute(update(Model).where(*_key(model)).values(
+        state=state, reason=reason, actor=actor, state_at=at, published=True, is_current=current))
+    conn.execute(insert(ModelEvent).values(
+        run_id=model["run_id"], epoch=model["epoch"], state=state, reason=reason, actor=actor, at=at,
+        previous_run_id=champion["run_id"] if champion else None,
+        previous_epoch=champion["epoch"] if champion else None))
+    model.update(state=state, reason=reason, actor=actor, state_at=at, is_current=current)
+
+
+def _make_champion(conn: Connection, model: dict, champion: dict | None, reason: str, actor: str) -> None:
+    if champion is not None:  # first: the unique index allows one champion at any moment
+        _set_state(conn, champion, "retired", f"replaced by run {model['run_id']} epoch {model['epoch']}",
+                   actor, None)
+    _set_state(conn, model, "champion", reason, actor, champion, current=True)
+
+
+def _brief(model: dict | None) -> dict | None:
+    if model is None:
+        return None
+    return {key: model.get(key) for key in ("run_id", "epoch", "val_mean_accuracy", "test_mean_accuracy")}
+
+
+def _previous(event) -> dict | None:
+    return None if event is None or event.previous_run_id is None else \
+        {"run_id": event.previous_run_id, "epoch": event.previous_epoch}
+
+
+def _result(model: dict, state: str, reason: str | None, promoted: bool, previous: dict | None) -> dict[str, Any]:
+    return {"run": model["run_id"], "epoch": model["epoch"], "state": state, "reason": reason,
+            "promoted": promoted, "previous_champion": _brief(previous) if previous and "path" in previous
+            else previous, "val_mean_accuracy": model["val_mean_accuracy"],
+            "test_mean_accuracy": model["test_mean_accuracy"], "model": model["path"]}

@@ -1,0 +1,215 @@
+"""The model registry: the publish gate, promote, rollback and a race of two publishes."""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy.exc import IntegrityError
+
+from faceattr.attributes import ATTRIBUTES
+from faceattr.config import RunConfig
+from faceattr.data.layout import ATTR_FILE, celeba_dir
+from faceattr.run import metrics
+from faceattr.run.layout import RunLayout
+from faceattr.store import registry
+from faceattr.store.registry import RegistryError
+from faceattr.store.store import Store
+from faceattr.views import format_models
+
+
+def _data_root(tmp_path: Path, name: str = "data", labels: str = "2\nlabels\n") -> Path:
+    root = tmp_path / name
+    path = celeba_dir(root) / ATTR_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(labels)
+    return root
+
+
+def _tested_run(runs: Path, name: str, test: float, *, root: Path, seed: int = 0, split: str = "random") -> Path:
+    """A run folder as select + test leave it: config, best.json, the test metrics, model.pt."""
+    run_dir = runs / name
+    RunConfig(root=str(root), seed=seed, split=split, epochs=2).save(run_dir)
+    attributes = {n: {"accuracy": test, "balanced_accuracy": test, "f1": test} for n in ATTRIBUTES}
+    for epoch in (1, 2):
+        metrics.write_epoch_metrics(run_dir, "val", epoch, {"mean_accuracy": 0.8, "attributes": attributes})
+    metrics.write_epoch_metrics(run_dir, "test", 2, {"mean_accuracy": test, "attributes": attributes})
+    RunLayout(run_dir).model.write_bytes(b"weights of " + name.encode())
+    metrics.write_best(run_dir, {"epoch": 2, "val_mean_accuracy": 0.8})
+    return run_dir
+
+
+def _states(store: Store) -> dict[str, str]:
+    return {m["run_id"]: m["state"] for m in registry.candidates(store)}
+
+
+def test_first_model_is_champion_a_worse_one_stays_challenger(store, tmp_path):
+    root = _data_root(tmp_path)
+    good = registry.publish(store, _tested_run(tmp_path, "good", 0.8681, root=root), actor="t")
+    assert (good["state"], good["promoted"], good["reason"]) == ("champion", True, "first published model")
+    worse = registry.publish(store, _tested_run(tmp_path, "worse", 0.8469, root=root), actor="t")
+    assert (worse["state"], worse["promoted"]) == ("challenger", False)
+    assert "does not beat champion run good" in worse["reason"] and "0.8469 vs 0.8681" in worse["reason"]
+    assert registry.resolve(store, "champion")["run_id"] == "good"
+    assert registry.resolve(store, "latest")["run_id"] == "good"
+    assert registry.resolve(store, "worse")["path"].endswith("worse/model.pt")
+    listing = format_models(store)
+    assert listing.splitlines()[2].split()[:2] == ["champion", "good"]
+    assert "does not beat champion run good" in listing
+
+    better = registry.publish(store, _tested_run(tmp_path, "better", 0.87, root=root), actor="t")
+    assert (better["state"], better["promoted"]) == ("champion", True)
+    assert better["previous_champion"]["run_id"] == "good"
+    assert _states(store) == {"better": "champion", "good": "retired", "worse": "challenger"}
+
+
+def test_min_gain_ties_and_retries(store, tmp_path):
+    root = _data_root(tmp_path)
+    registry.publish(store, _tested_run(tmp_path, "a", 0.85, root=root), actor="t")
+    tie = registry.publish(store, _tested_run(tmp_path, "tie", 0.85, root=root), actor="t")
+    assert tie["state"] == "challenger"  # a tie is no gain
+    small = registry.publish(store, _tested_run(tmp_path, "small", 0.855, root=root), min_gain=0.01, actor="t")
+    assert small["state"] == "challenger" and "at least 0.01" in small["reason"]
+    big = registry.publish(store, _tested_run(tmp_path, "big", 0.87, root=root), min_gain=0.01, actor="dag-1")
+    assert big["state"] == "champion"
+    events = len(registry.history(store, 100))
+    # A retry of the same publish reports the same outcome (the asset event must fire again) and writes nothing.
+    again = registry.publish(store, tmp_path / "big", min_gain=0.01, actor="dag-1")
+    assert (again["state"], again["promoted"]) == ("champion", True)
+    assert len(registry.history(store, 100)) == events
+    # Published again after the champion changed, a challenger is judged against the new one.
+    assert "champion run big" in registry.publish(store, tmp_path / "tie", actor="t")["reason"]
+    for bad in (-0.1, float("nan"), 2):
+        with pytest.raises(ValueError, match="promote_min_gain"):
+            registry.publish(store, tmp_path / "big", min_gain=bad, actor="t")
+
+
+@pytest.mark.parametrize("change, words", [({"seed": 1}, "seed 1 vs 0"), ({"split": "identity"}, "split strategy"),
+                                           ({"data": "3\nother labels\n"}, "source data sha256")])
+def test_other_evaluation_sets_are_not_compared_unless_forced(store, tmp_path, change, words):
+    registry.publish(store, _tested_run(tmp_path, "champ", 0.80, root=_data_root(tmp_path)), actor="t")
+    root = _data_root(tmp_path, "other", change["data"]) if "data" in change else _data_root(tmp_path)
+    kwargs = {k: v for k, v in change.items() if k != "data"}
+    run_dir = _tested_run(tmp_path, "other", 0.95, root=root, **kwargs)
+    held = registry.publish(store, run_dir, actor="t")
+    assert held["state"] == "challenger" and "not compared" in held["reason"] and words in held["reason"]
+    forced = registry.publish(store, run_dir, force=True, actor="t")
+    assert (forced["state"], forced["promoted"]) == ("champion", True) and "forced" in forced["reason"]
+
+
+def test_unreadable_source_data_is_never_compared(store, tmp_path):
+    root = _data_root(tmp_path)
+    registry.publish(store, _tested_run(tmp_path, "champ", 0.80, root=root), actor="t")
+    run_dir = _tested_run(tmp_path, "elsewhere", 0.95, root=tmp_path / "missing-root")
+    result = registry.publish(store, run_dir, actor="t")
+    assert result["state"] == "challenger" and "checksum is unknown" in result["reason"]
+
+
+def test_publish_needs_a_tested_model(store, tmp_path):
+    run_dir = _tested_run(tmp_path, "untested", 0.8, root=_data_root(tmp_path))
+    RunLayout(run_dir).metrics("test", 2).unlink()
+    with pytest.raises(FileNotFoundError, match="test_epoch_2.json: the selected epoch has no test metrics"):
+        registry.publish(store, run_dir, actor="t")
+    assert store.current_model() is None
+
+
+def test_promote_and_rollback_by_hand(store, tmp_path):
+    root = _data_root(tmp_path)
+    with pytest.raises(RegistryError, match="no champion"):
+        registry.rollback(store, actor="t")
+    for name, test in (("one", 0.80), ("two", 0.82), ("three", 0.79)):
+        registry.publish(store, _tested_run(tmp_path, name, test, root=root), actor="dag")
+    assert registry.champion(store)["run_id"] == "two"
+
+    promoted = registry.promote(store, "three", actor="alice")
+    assert promoted["changed"] and promoted["message"] == "champion is now run three epoch 2 (was run two epoch 2)"
+    assert registry.promote(store, "three", actor="alice")["changed"] is False
+    assert _states(store) == {"three": "champion", "two": "retired", "one": "retired"}
+
+    back = registry.rollback(store, actor="bob")
+    assert back["message"] == "champion is now run two epoch 2 (rolled back from run three epoch 2)"
+    champion = registry.champion(store)
+    assert (champion["run_id"], champion["actor"]) == ("two", "bob") and "rolled back by bob" in champion["reason"]
+    latest = registry.history(store, 2)
+    assert [(e["run_id"], e["state"], e["actor"]) for e in latest] == [("two", "champion", "bob"),
+                                                                      ("three", "retired", "bob")]
+    with pytest.raises(RegistryError, match="run 'ghost': no model"):
+        registry.promote(store, "ghost", actor="t")
+    with pytest.raises(RegistryError, match="no published model of that run"):
+        registry.resolve(store, "ghost")
+
+
+def test_scoring_jobs_keep_their_model_across_a_rollback(store, tmp_path):
+    root = _data_root(tmp_path)
+    registry.publish(store, _tested_run(tmp_path, "one", 0.80, root=root), actor="t")
+    registry.publish(store, _tested_run(tmp_path, "two", 0.85, root=root), actor="t")
+    store.upsert_scoring_job("job", model_run_id="two", model_epoch=2, status="success")
+    registry.rollback(store, actor="t")
+    job = store.scoring_job("job")
+    assert (job["model_run_id"], job["model_epoch"]) == ("two", 2)
+
+
+def test_the_database_refuses_a_second_champion(store, tmp_path):
+    root = _data_root(tmp_path)
+    registry.publish(store, _tested_run(tmp_path, "one", 0.80, root=root), actor="t")
+    registry.publish(store, _tested_run(tmp_path, "two", 0.70, root=root), actor="t")
+    from sqlalchemy import text
+
+    with pytest.raises(IntegrityError):
+        with store.engine.begin() as conn:
+            conn.execute(text("UPDATE models SET is_current = :yes WHERE run_id = 'two'"), {"yes": True})
+
+
+# -- two publishes racing ------------------------------------------------------------------------
+def _race(store_url: str, runs: list[Path], monkeypatch) -> list:
+    """Publish `runs` from two threads at once, each with its own connection; every transaction
+    pauses after reading the champion, so without the lock both would decide on the same reading."""
+    real = registry._champion
+
+    def slow_champion(conn):
+        found = real(conn)
+        time.sleep(0.5)
+        return found
+
+    monkeypatch.setattr(registry, "_champion", slow_champion)
+    results: list = [None, None]
+    start = threading.Barrier(2)
+
+    def publish(i: int) -> None:
+        with Store(store_url) as own:
+            start.wait()
+            try:
+                results[i] = registry.publish(own, runs[i], actor=f"dag-{i}")
+            except Exception as exc:  # noqa: BLE001 - the outcome is what the test checks
+                results[i] = exc
+
+    threads = [threading.Thread(target=publish, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return results
+
+
+@pytest.mark.services
+def test_two_publishes_racing_leave_one_champion(postgres_url, tmp_path, monkeypatch):
+    root = _data_root(tmp_path)
+    runs = [_tested_run(tmp_path, "slower", 0.80, root=root), _tested_run(tmp_path, "faster", 0.85, root=root)]
+    Store(postgres_url).close()  # migrate first: the race is about publishing
+    results = _race(postgres_url, runs, monkeypatch)
+    assert all(isinstance(r, dict) for r in results), results
+    with Store(postgres_url) as store:
+        assert _states(store) == {"faster": "champion", "slower": "retired" if results[0]["promoted"] else "challenger"}
+        assert sum(m["is_current"] for m in registry.candidates(store)) == 1
+
+
+@pytest.mark.services
+def test_without_the_lock_the_race_is_lost(postgres_url, tmp_path, monkeypatch):
+    """Negative control: the same race with the advisory lock taken out makes one publish fail."""
+    root = _data_root(tmp_path)
+    runs = [_tested_run(tmp_path, "slower", 0.80, root=root), _tested_run(tmp_path, "faster", 0.85, root=root)]
+    Store(postgres_url).close()
+    monkeypatch.setattr(registry, "_lock", lambda conn: None)
+    results = _race(postgres_url, runs, monkeypatch)
+    assert any(isinstance(r, IntegrityError) for r in results), results
