@@ -5,12 +5,12 @@ Scores a folder or .zip of face images with a published model into a CSV (`image
 attributes, values -1/1) and an errors file beside it (`<name>.errors.csv`: image_id, reason),
 exactly as `faceattr predict` does, and records the scoring job in the store.
 
-* Params: `images`, `output` (empty: `$FACEATTR_HOME/scores/<run id>.csv`), `model` (`latest` or
-  a run id).
+* Params: `images`, `output` (empty: `$FACEATTR_HOME/scores/<run id>.csv`), `model` (`champion`,
+  the default, or the run id of a published model; the form lists them).
 * Both paths must lie under `FACEATTR_DATA_ROOTS` (symlinks and `..` resolved); anything else is
   refused by `check_request` before any file is read or written.
 * With `FACEATTR_STANDING_SET` set, the DAG is also scheduled on the `faceattr/model` asset: each
-  newly published model re-scores that standing set.
+  new champion re-scores that standing set.
 
 All logic is in `faceattr.orchestration.scoring`; this file is the table of contents.
 """

@@ -5,7 +5,7 @@ Trains, selects and publishes the 40-attribute CelebA classifier (ResNeXt50 32x4
 labels, Adamax, as in the write-up):
 
 download → split → cache_images → epoch_01 (train → validate) → epoch_02 → … → select_best → test →
-report → publish_model → score_private
+report → publish_model → score_private (and publish_model → announce_champion)
 
 * One task group per epoch, `epoch_01` … up to `FACEATTR_MAX_EPOCHS` (set when the file is
   parsed), each holding its `train` and `validate` tasks. A run's `epochs` below that, or early
@@ -18,7 +18,9 @@ report → publish_model → score_private
 * Clearing a task redoes only its own outputs; a retried epoch restarts from the previous
   epoch's checkpoint.
 * The run folder is `<output>/<run id>`; `publish_model` records the run in the store
-  (`FACEATTR_DB_URL`), makes its model current and emits the `faceattr/model` asset event.
+  (`FACEATTR_DB_URL`) and its model in the registry, as champion only if it beats the champion
+  (`faceattr models` lists them, and why); `announce_champion` emits the `faceattr/model` asset
+  event on a promotion only.
 * Paths in the form must lie under `FACEATTR_DATA_ROOTS`.
 
 All logic is in `faceattr.orchestration` (params: the form; tasks: the task bodies; scoring);
@@ -91,12 +93,18 @@ def report(params=None, run_id=None):
     return orchestrate.report(params, run_id)
 
 
-@task(outlets=[MODEL_ASSET], doc_md="Records the run in the store, makes its model the current one and emits a "
-                                    "`faceattr/model` asset event carrying run, epoch, val and test accuracy.")
-def publish_model(params=None, run_id=None, outlet_events=None):
-    summary = orchestrate.publish(params, run_id)
-    outlet_events[MODEL_ASSET].extra.update(summary)
-    return summary
+@task(doc_md="Records the run in the store's model registry and lets it through the gate: it becomes the champion "
+             "if it is the first model, beats the champion's test accuracy on the same evaluation set (param "
+             "`promote_min_gain`), or the run has `promote: force`; otherwise it stays a challenger, with the reason.")
+def publish_model(params=None, run_id=None):
+    return orchestrate.publish(params, run_id)
+
+
+@task(outlets=[MODEL_ASSET], doc_md="Emits the `faceattr/model` asset event (run, epoch, val and test accuracy, the "
+                                    "previous champion) when publish_model made the run the champion; skipped "
+                                    "otherwise, so scheduled scoring follows the champion only.")
+def announce_champion(published: dict, outlet_events=None):
+    outlet_events[MODEL_ASSET].extra.update(orchestrate.champion_event(published))
 
 
 @task(**GPU, doc_md="Predicts the private images (param `private_images`) into RUN/private_predictions.csv; "
@@ -136,4 +144,6 @@ with DAG(
     download() >> split() >> cache_images() >> epochs[0]
     for previous, following in zip(epochs, epochs[1:]):
         previous >> following  # epoch K+1 trains once epoch K is validated: early stopping reads it
-    epochs >> select_best() >> test() >> report() >> publish_model() >> score_private()
+    published = publish_model()
+    epochs >> select_best() >> test() >> report() >> published >> score_private()
+    announce_champion(published)

@@ -1,6 +1,7 @@
 """The trigger forms of the DAGs: faceattr_train's Params from RunConfig's schema, faceattr_score's.
 
-Imported when the DAG files are parsed: light on purpose (no torch, no store).
+Imported when the DAG files are parsed: light on purpose (no torch; the store only to list the
+published models in the scoring form).
 """
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ SECTIONS = {
                  "pos_weight", "tune_thresholds", "recalibrate_bn"),
     "Execution": ("device", "num_workers", "data_path", "compile"),
     "Outputs": ("output", "private_images"),
+    "Publishing": ("promote", "promote_min_gain"),
 }
-# Used where RunConfig's schema carries no "description" of its own; the three form-only fields
-# (source, output, private_images) are not RunConfig's and always take theirs from here.
+# Used where RunConfig's schema carries no "description" of its own; the form-only fields (source,
+# output, private_images, promote, promote_min_gain) are not RunConfig's and always take theirs from here.
 DESCRIPTIONS = {
     "source": "Where to fetch CelebA from: a local folder in the official layout, an http(s) mirror, or 'gdrive'. "
               "Empty: use the dataset already in the root.",
@@ -50,6 +52,9 @@ DESCRIPTIONS = {
     "compile": "torch.compile the model; empty: on for CUDA, off on CPU.",
     "output": "Folder of run folders; this run writes <output>/<run id>/.",
     "private_images": "A folder or .zip of unlabelled images to predict with the chosen model (empty: skip).",
+    "promote": "auto: the model becomes champion (what scoring uses) only if its test mean accuracy beats the "
+               "champion's on the same evaluation set (split, seed, data); force: it becomes champion anyway.",
+    "promote_min_gain": "With promote auto: the least gain in test mean accuracy over the champion (0: any gain).",
 }
 
 
@@ -64,12 +69,15 @@ def train_params() -> dict[str, dict[str, Any]]:
     limit = settings.max_epochs()
     home = settings.home()
     defaults.update(root=str(home), epochs=min(defaults["epochs"], limit),
-                    source=settings.source(), output=str(home / "runs"), private_images=None)
+                    source=settings.source(), output=str(home / "runs"), private_images=None,
+                    promote="auto", promote_min_gain=0.0)
     schema["epochs"] = {**schema["epochs"], "maximum": limit}
     schema["arch"] = {**schema["arch"], "enum": list(KNOWN_ARCHS)}
     schema["source"] = {"type": ["string", "null"]}
     schema["output"] = {"type": "string", "minLength": 1}
     schema["private_images"] = {"type": ["string", "null"]}
+    schema["promote"] = {"type": "string", "enum": ["auto", "force"]}
+    schema["promote_min_gain"] = {"type": "number", "minimum": 0, "maximum": 1}
     params = {}
     for section, names in SECTIONS.items():
         for name in names:
@@ -102,8 +110,10 @@ def score_params() -> dict[str, dict[str, Any]]:
                            "empty: $FACEATTR_HOME/scores/<run id>.csv. Must lie under FACEATTR_DATA_ROOTS.",
         },
         "model": {
-            "default": "latest", "type": "string", "minLength": 1, "title": "Model",
-            "description": "latest (the current published model) or the run id of a published model.",
+            "default": "champion", "type": "string", "minLength": 1, "title": "Model",
+            "examples": model_choices(),
+            "description": "champion (the registry's champion, what 'faceattr models' lists first; 'latest' is "
+                           "the same) or the run id of a published model.",
         },
         "batch_size": {"default": 128, "type": "integer", "minimum": 1, "maximum": 65536, "title": "Batch size",
                        "description": "Images per batch."},
@@ -112,6 +122,14 @@ def score_params() -> dict[str, dict[str, Any]]:
         "scores": {"default": False, "type": "boolean", "title": "Scores",
                    "description": "Add each attribute's raw score as a column."},
     }
+
+
+def model_choices() -> list[str]:
+    """What the scoring form offers for `model`: champion, then each published run (read-only from
+    the run store when the DAG is parsed; nothing but champion when it cannot be read)."""
+    from faceattr.store.registry import published_run_ids
+
+    return ["champion", *published_run_ids()]
 
 
 def check_conf(conf: Mapping[str, Any] | None, known: set[str]) -> None:

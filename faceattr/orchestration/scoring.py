@@ -23,30 +23,17 @@ def default_score_csv(dag_run_id: str) -> str:
 
 
 def resolve_model(model: str) -> dict:
-    """`latest` -> the store's current model; a run id -> that run's published model (the best epoch's).
+    """`champion` (or `latest`) -> the registry's champion; a run id -> that run's published model.
 
     Returns {"path", "run_id", "epoch"}.
     """
-    from faceattr.store.store import RunNotFoundError
+    from faceattr.store import registry
 
     with store() as opened:
-        if model == "latest":
-            found = opened.current_model()
-            if found is None:
-                raise FileNotFoundError("model 'latest': no model has been published yet; run faceattr_train first")
-        else:
-            try:
-                run = opened.run(model)
-            except RunNotFoundError as exc:
-                raise FileNotFoundError(f"model {model!r}: {exc}; give 'latest' or a run id") from None
-            published = [m for m in run["models"] if m["published"]]
-            if not published:
-                raise FileNotFoundError(f"model {model!r}: that run has no published model")
-            found = published[-1]
-    path = Path(found["path"])
-    if not path.is_file():
-        raise FileNotFoundError(f"model {model!r}: {path} is recorded in the store but missing on disk")
-    return {"path": str(path), "run_id": found["run_id"], "epoch": int(found["epoch"])}
+        try:
+            return registry.resolve(opened, model)
+        except registry.RegistryError as exc:
+            raise FileNotFoundError(str(exc)) from None
 
 
 def check_score_request(images: str, output: str | None, model: str, dag_run_id: str) -> dict:

@@ -312,26 +312,29 @@ def report(params: Mapping[str, Any], dag_run_id: str) -> dict:
 
 
 def publish(params: Mapping[str, Any], dag_run_id: str) -> dict:
-    """Record the finished run and make its model the current one; the summary becomes the Asset event's extra."""
-    with run_folder(params, dag_run_id, record=True, status="success", finished_at=now()) as run:
-        best = metrics.read_best(run.dir, missing_ok=False)
-        epoch = int(best["epoch"])
-        tested = metrics.read_epoch_metrics(run.dir, "test", epoch)
-    result = {
-        "run": run.id,
-        "dag_run_id": dag_run_id,
-        "epoch": epoch,
-        "val_mean_accuracy": round(float(best["val_mean_accuracy"]), DIGITS),
-        "test_mean_accuracy": round(float(tested["mean_accuracy"]), DIGITS),
-        "test_majority_baseline": round(float(tested["majority_baseline"]), DIGITS),
-        "model": str(run.layout.model),
-    }
-    with store() as opened:
-        opened.upsert_model(run.id, epoch, str(run.layout.model), val_mean_accuracy=float(best["val_mean_accuracy"]),
-                            test_mean_accuracy=float(tested["mean_accuracy"]), published=True, make_current=True)
-    log.info("published %s: epoch %d, val %.4f, test %.4f", run.layout.model, epoch,
-             result["val_mean_accuracy"], result["test_mean_accuracy"])
-    return result
+    """Record the finished run and let its model through the registry's gate: the call
+    `faceattr models publish` makes (faceattr.store.registry.publish). The first model, and one that
+    beats the champion on the same evaluation set, becomes champion; the summary says which and why."""
+    from faceattr.store import registry
+
+    with run_folder(params, dag_run_id) as run, store() as opened:
+        result = registry.publish(
+            opened, run.dir, run_id=run.id, min_gain=float(params.get("promote_min_gain") or 0.0),
+            force=params.get("promote") == "force", actor=f"faceattr_train {dag_run_id}",
+            status="success", finished_at=now(),
+        )
+    log.info("published %s (epoch %d, val %.4f, test %.4f): %s, %s", result["model"], result["epoch"],
+             result["val_mean_accuracy"], result["test_mean_accuracy"], result["state"], result["reason"])
+    return {**rounded(result), "dag_run_id": dag_run_id}
+
+
+def champion_event(published: Mapping[str, Any]) -> dict:
+    """The `faceattr/model` asset event's extra when publish made the run the champion; Skip otherwise,
+    so no event fires and scheduled scoring keeps following the champion."""
+    if not published.get("promoted"):
+        raise skip(f"run {published['run']} is {published['state']}, not a new champion: {published['reason']}")
+    return {key: published.get(key) for key in ("run", "dag_run_id", "epoch", "val_mean_accuracy",
+                                                "test_mean_accuracy", "previous_champion", "reason", "model")}
 
 
 def record_failure(dag_run_id: str, reason: str) -> None:

@@ -27,15 +27,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert, select, update
-from sqlalchemy.engine import Connection
+from sqlalchemy import create_engine, insert, select, update
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from faceattr.data.layout import ATTR_FILE, celeba_dir
 from faceattr.fsutil import read_json
 from faceattr.run.layout import RunLayout
 from faceattr.run.metrics import read_best, read_epoch_metrics
 from faceattr.store.schema import Model, ModelEvent, Run
-from faceattr.store.store import Store
+from faceattr.store.store import Store, default_url
 
 CHAMPION_NAMES = ("champion", "latest")  # "latest": the name scoring used before the registry
 _LOCK = "SELECT pg_advisory_xact_lock(hashtext('faceattr.store.registry'))"
@@ -206,6 +207,24 @@ def resolve(store: Store, name: str) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"model {name!r}: {path} is recorded in the run store but missing on disk")
     return {"path": str(path), "run_id": found["run_id"], "epoch": int(found["epoch"])}
+
+
+def published_run_ids(url: str | None = None) -> list[str]:
+    """Run ids of the published models, newest change first, read without opening the store (which
+    would create or migrate it): for forms built when a DAG file is parsed. [] when unreachable."""
+    url = make_url(url or default_url())
+    if url.get_backend_name() == "sqlite" and not Path(url.database or "").is_file():
+        return []
+    engine = create_engine(url, **({"connect_args": {"connect_timeout": 3}} if url.get_backend_name() == "postgresql"
+                                   else {}))
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(select(Model.run_id).where(Model.state.is_not(None))
+                                     .order_by(Model.state_at.desc())).scalars())
+    except (SQLAlchemyError, ModuleNotFoundError):
+        return []
+    finally:
+        engine.dispose()
 
 
 def candidates(store: Store) -> list[dict[str, Any]]:

@@ -213,13 +213,9 @@ class Store:
             self._upsert(conn, AttributeMetric, group, keys, [c for c in columns if c not in keys])
 
     def upsert_model(self, run_id: str, epoch: int, path: str | os.PathLike, *, val_mean_accuracy: float,
-                     test_mean_accuracy: float | None, published: bool = False,
-                     make_current: bool = False) -> None:
+                     test_mean_accuracy: float | None) -> None:
         """Record a run's model. Whether it is published and which model is the champion are the
-        registry's decisions (faceattr.store.registry); recording alone never changes them.
-
-        published/make_current: the pre-registry way to publish, kept until the DAG's publish task
-        calls registry.publish (TODO: remove then)."""
+        registry's decisions (faceattr.store.registry); recording never changes them."""
         values = {
             "run_id": v.nonempty("run_id", run_id),
             "epoch": v.epoch_number(epoch),
@@ -228,19 +224,8 @@ class Store:
         }
         if test_mean_accuracy is not None:
             values["test_mean_accuracy"] = v.fraction("test_mean_accuracy", test_mean_accuracy)
-        if published or make_current:
-            values["published"] = True
         with self.write() as conn:
             self._require_run(conn, run_id)
-            if make_current:
-                if conn.dialect.name == "postgresql":
-                    conn.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext('faceattr.store.registry'))")
-                conn.execute(
-                    Model.__table__.update()
-                    .where(Model.is_current, ~((Model.run_id == run_id) & (Model.epoch == values["epoch"])))
-                    .values(is_current=False, state="retired")
-                )
-                values.update(is_current=True, state="champion")
             self._upsert(conn, Model, [values], ["run_id", "epoch"],
                          [k for k in values if k not in ("run_id", "epoch")])
 

@@ -142,7 +142,7 @@ def test_train_dag_runs_under_the_scheduler(airflow):
     assert states == {
         "download": "success", "split": "success", "cache_images": "success", "epoch_01.train": "success", "epoch_01.validate": "success",
         "select_best": "success", "test": "success", "report": "success", "publish_model": "success",
-        "score_private": "skipped",
+        "announce_champion": "success", "score_private": "skipped",
     }
 
     _, events = airflow.request("GET", "/api/v2/assets/events?source_dag_id=faceattr_train")

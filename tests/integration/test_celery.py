@@ -34,7 +34,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.services]
 
 EPOCHS = 2
 GPU_TASKS = {"cache_images", "epoch_01.train", "epoch_02.train", "epoch_01.validate", "epoch_02.validate", "test"}
-CPU_TASKS = {"download", "split", "select_best", "report", "publish_model", "score_private"}
+CPU_TASKS = {"download", "split", "select_best", "report", "publish_model", "announce_champion", "score_private"}
 
 
 def test_example_config_names_installed_database_drivers():

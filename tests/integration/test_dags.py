@@ -55,7 +55,7 @@ def test_train_dag_tasks_and_dependencies(dagbag):
     trains = [f"epoch_{k:02d}.train" for k in range(1, MAX_EPOCHS + 1)]
     validates = [f"epoch_{k:02d}.validate" for k in range(1, MAX_EPOCHS + 1)]
     assert set(dag.task_ids) == {"download", "split", "cache_images", *trains, *validates, "select_best", "test", "report",
-                                 "publish_model", "score_private"}
+                                 "publish_model", "announce_champion", "score_private"}
     assert [group for group in dag.task_group.children if group.startswith("epoch_")] == \
         [f"epoch_{k:02d}" for k in range(1, MAX_EPOCHS + 1)]
     upstream = {task.task_id: set(task.upstream_task_ids) for task in dag.tasks}
@@ -67,7 +67,7 @@ def test_train_dag_tasks_and_dependencies(dagbag):
     assert all(upstream[v] == {t} for t, v in zip(trains, validates))
     assert all(dag.get_task(t).trigger_rule == TriggerRule.NONE_FAILED for t in trains[1:])  # each logs its skip
     assert upstream["select_best"] == set(validates)
-    assert upstream["score_private"] == {"publish_model"}
+    assert upstream["score_private"] == upstream["announce_champion"] == {"publish_model"}
     assert dag.get_task("select_best").trigger_rule == TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS
     assert dag.catchup is False
 
@@ -101,15 +101,21 @@ def test_every_task_has_docs_and_download_backs_off(dagbag):
     assert download.retries >= 2 and download.retry_exponential_backoff > 1
 
 
-def test_model_asset_is_the_outlet_of_publish(dagbag):
-    publish = dagbag.dags["faceattr_train"].get_task("publish_model")
-    assert [asset.name for asset in publish.outlets] == [orchestrate.MODEL_ASSET_NAME]
+def test_model_asset_is_emitted_on_promotion_only(dagbag):
+    dag = dagbag.dags["faceattr_train"]
+    assert dag.get_task("publish_model").outlets == []
+    assert [asset.name for asset in dag.get_task("announce_champion").outlets] == [orchestrate.MODEL_ASSET_NAME]
+    promoted = {"run": "r", "state": "champion", "reason": "first published model", "promoted": True, "epoch": 2}
+    assert orchestrate.champion_event(promoted)["run"] == "r"
+    with pytest.raises(orchestrate.Skip, match="run r is challenger, not a new champion: does not beat"):
+        orchestrate.champion_event({**promoted, "state": "challenger", "promoted": False,
+                                    "reason": "does not beat champion run q"})
 
 
 def test_train_params_follow_the_run_config_schema(dagbag):
     params = dagbag.dags["faceattr_train"].params
     schema = RunConfig.json_schema()
-    assert set(schema) | {"source", "output", "private_images"} == set(params.keys())
+    assert set(schema) | {"source", "output", "private_images", "promote", "promote_min_gain"} == set(params.keys())
     for name, field_schema in schema.items():
         param_schema = params.get_param(name).schema
         for key in ("minimum", "maximum", "exclusiveMinimum"):
@@ -125,7 +131,8 @@ def test_train_params_follow_the_run_config_schema(dagbag):
 @pytest.mark.parametrize(
     "conf, field",
     [({"epochs": 0}, "epochs"), ({"epochs": MAX_EPOCHS + 1}, "epochs"), ({"arch": "no_such_net"}, "arch"),
-     ({"lr": -0.1}, "lr"), ({"batch_size": "64"}, "batch_size"), ({"split": "by_hair"}, "split")],
+     ({"lr": -0.1}, "lr"), ({"batch_size": "64"}, "batch_size"), ({"split": "by_hair"}, "split"),
+     ({"promote": "always"}, "promote"), ({"promote_min_gain": -0.01}, "promote_min_gain")],
 )
 def test_bad_conf_is_refused_before_a_run_starts(dagbag, conf, field):
     # The same call create_dagrun makes for the trigger form, the REST API and `airflow dags test -c`.
@@ -145,7 +152,7 @@ def test_score_params_require_images(dagbag):
     params = scheduler_params(dagbag.dags["faceattr_score"])
     with pytest.raises(ParamValidationError, match="images"):
         params.validate()
-    assert params.deep_merge({"images": "/data/x"}).validate()["model"] == "latest"
+    assert params.deep_merge({"images": "/data/x"}).validate()["model"] == "champion"
 
 
 @pytest.mark.parametrize("name", ["faceattr_train.py", "faceattr_score.py"])

@@ -213,3 +213,13 @@ def test_without_the_lock_the_race_is_lost(postgres_url, tmp_path, monkeypatch):
     monkeypatch.setattr(registry, "_lock", lambda conn: None)
     results = _race(postgres_url, runs, monkeypatch)
     assert any(isinstance(r, IntegrityError) for r in results), results
+
+
+def test_published_run_ids_for_the_scoring_form(store, store_url, tmp_path):
+    assert registry.published_run_ids(f"sqlite:///{tmp_path / 'absent.db'}") == []
+    assert not (tmp_path / "absent.db").exists()  # parsing a DAG file creates no database
+    assert registry.published_run_ids("postgresql+psycopg2://nobody@127.0.0.1:1/none") == []
+    root = _data_root(tmp_path)
+    registry.publish(store, _tested_run(tmp_path, "one", 0.80, root=root), actor="t")
+    registry.publish(store, _tested_run(tmp_path, "two", 0.70, root=root), actor="t")
+    assert registry.published_run_ids(store_url) == ["two", "one"]
