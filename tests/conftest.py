@@ -1,27 +1,41 @@
-"""Shared fixtures: the real CelebA files beside the checkout, and small synthetic datasets."""
+"""What every test module shares: the real CelebA files beside the checkout, synthetic datasets,
+the machine's PostgreSQL, torch's thread count, and the marker rules.
+
+Markers: `realdata` for every test that reads ../shared, `services` for tests that need the
+machine's PostgreSQL or Redis (both checked at collection for the fixtures that need them), `slow`
+for tests that train or run Airflow end to end.
+"""
 from __future__ import annotations
 
-import os
 from pathlib import Path
+from typing import Callable, Iterator
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-STRICT = os.environ.get("CI", "").lower() in ("1", "true", "yes") or os.environ.get("FACEATTR_STRICT") == "1"
+from support import postgres_database, require_shared
+
+# The marker a test needs when it uses the fixture: `-m "not realdata"` and `-m "not services"` must
+# deselect every test that would otherwise skip or fail for want of the files or the server.
+FIXTURE_MARKERS = {"celeba_sample": "realdata", "celeba_annotations": "realdata", "postgres_url": "services"}
+TORCH_THREADS = 2  # the test machines' cores are shared: more threads only contend
 
 
-def require_shared(relative: str) -> Path:
-    """Path of `../shared/<relative>`; skip when absent, but fail under CI where it must exist."""
-    path = SHARED / relative
-    if not path.exists():
-        message = f"{path} is absent: real CelebA files live beside the checkout, not in it"
-        if STRICT:
-            pytest.fail(message + " (CI must run the real-data tests)")
-        pytest.skip(message)
-    return path
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    unmarked = [f"{item.nodeid} (uses {fixture}, needs @pytest.mark.{marker})"
+                for item in items for fixture, marker in FIXTURE_MARKERS.items()
+                if fixture in getattr(item, "fixturenames", ()) and not item.get_closest_marker(marker)]
+    if unmarked:
+        raise pytest.UsageError("unmarked tests: " + "; ".join(unmarked))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _torch_threads() -> None:
+    import torch
+
+    torch.set_num_threads(TORCH_THREADS)
+
+
+# -- the real CelebA files ----------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def celeba_sample() -> Path:
     """4,560 real CelebA images in the official distribution format."""
@@ -34,14 +48,25 @@ def celeba_annotations() -> Path:
     return require_shared("celeba-annotations")
 
 
-def _synthetic_root(factory: pytest.TempPathFactory, name: str, n: int, seed: int) -> Path:
+# -- synthetic datasets -------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int, int], Path]:
+    """synthetic_root(n, seed): a downloaded dataset ROOT (ROOT/celeba/...) of n synthetic images,
+    made once per (n, seed) in the session and shared: tests must not change it."""
     from faceattr.data.download import acquire
     from faceattr.synth.files import generate
 
-    base = factory.mktemp(name)
-    generate(base / "source", n=n, seed=seed)
-    acquire(str(base / "source"), base / "root")
-    return base / "root"
+    made: dict[tuple[int, int], Path] = {}
+
+    def make(n: int, seed: int) -> Path:
+        if (n, seed) not in made:
+            base = tmp_path_factory.mktemp(f"synth-{n}-{seed}")
+            generate(base / "source", n=n, seed=seed)
+            acquire(str(base / "source"), base / "root")
+            made[n, seed] = base / "root"
+        return made[n, seed]
+
+    return make
 
 
 @pytest.fixture(scope="session")
@@ -55,6 +80,14 @@ def synth_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def synth_root(synthetic_root: Callable[[int, int], Path]) -> Path:
     """A downloaded dataset ROOT (ROOT/celeba/...) of 300 synthetic images."""
-    return _synthetic_root(tmp_path_factory, "synth-root", n=300, seed=1)
+    return synthetic_root(300, 1)
+
+
+# -- the machine's PostgreSQL -------------------------------------------------------------------
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """URL of an empty PostgreSQL database made for this test; the test must be marked services."""
+    with postgres_database() as url:
+        yield url

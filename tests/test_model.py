@@ -15,7 +15,6 @@ from faceattr.model import (
     trainable_parameters,
 )
 
-torch.set_num_threads(2)
 
 
 def _input(n: int = 2) -> torch.Tensor:

@@ -43,7 +43,6 @@ def _cli(*argv: str) -> dict:
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    torch.set_num_threads(2)
     base = tmp_path_factory.mktemp("fit")
     _cli("synth", "--out", str(base / "source"), "--n", str(IMAGES), "--seed", "11")
     _cli("download", "--source", str(base / "source"), "--root", str(base / "root"))

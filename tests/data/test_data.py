@@ -15,7 +15,6 @@ from faceattr.data.transforms import eval_transform, train_transform
 from faceattr.data.images import MEAN, STD
 from faceattr.attributes import ATTRIBUTES
 
-torch.set_num_threads(2)
 CPU = torch.device("cpu")
 
 

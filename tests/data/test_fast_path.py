@@ -11,7 +11,6 @@ from torch import nn
 from torchvision import transforms
 from torchvision.transforms import functional as TF
 
-from conftest import _synthetic_root
 from faceattr.config import RunConfig
 from faceattr.data.loaders import (
     CachedLoader,
@@ -30,7 +29,6 @@ from faceattr.data.transforms import (
 from faceattr.data.images import MEAN, STD
 from faceattr.attributes import ATTRIBUTES
 
-torch.set_num_threads(2)
 CPU = torch.device("cpu")
 # One grey level (of 255) after normalisation, the largest rounding difference PIL's fixed-point
 # resize can have from torch's.
@@ -119,9 +117,9 @@ def run(tmp_path_factory, synth_root) -> tuple[Path, RunConfig]:
 
 
 @pytest.fixture(scope="module")
-def learning_run(tmp_path_factory) -> tuple[Path, RunConfig]:
+def learning_run(tmp_path_factory, synthetic_root) -> tuple[Path, RunConfig]:
     # 600 faces: the 300 of synth_root leave 60 held-out images, too few to measure learning on.
-    return _cached_run(tmp_path_factory, _synthetic_root(tmp_path_factory, "learning-root", n=600, seed=1))
+    return _cached_run(tmp_path_factory, synthetic_root(600, 1))
 
 
 def test_data_path_auto_uses_the_cache_only_when_it_is_built(run, tmp_path, synth_root):

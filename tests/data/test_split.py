@@ -94,8 +94,9 @@ def test_identity_file_missing(synth_root, tmp_path):
     (root / "celeba" / "identity_CelebA.txt").unlink()
     with pytest.raises(FileNotFoundError, match=r"identity_CelebA\.txt: not found; the identity split needs"):
         make_split(root, "identity", 0, tmp_path / "run")
+    assert not (tmp_path / "run" / "split.csv").exists(), "a refused split wrote split.csv"
     assert make_split(root, "random", 0, tmp_path / "run")["train"] == 240  # the others still work
-    assert not (tmp_path / "run-identity").exists()
+    assert (tmp_path / "run" / "split.csv").is_file()
 
 
 def test_too_few_images(synth_root, tmp_path):

@@ -25,8 +25,6 @@ from faceattr.engine import distributed, parallel
 from faceattr.engine.distributed import world_size_for
 from faceattr.engine.parallel import Rank, RankBatches, expected_images
 
-pytestmark = pytest.mark.slow
-
 
 # -- rank-sharded batches ---------------------------------------------------------------------------
 class Indices(torch.utils.data.Dataset):
@@ -105,15 +103,9 @@ HEAD = ("fc.weight", "fc.bias")
 
 
 @pytest.fixture(scope="module")
-def small_root(tmp_path_factory):
+def small_root(synthetic_root):
     """100 synthetic images (80 to train on): two CPU epochs of resnet18 stay short on 2 cores."""
-    from faceattr.data.download import acquire
-    from faceattr.synth.files import generate
-
-    base = tmp_path_factory.mktemp("ddp-data")
-    generate(base / "source", n=100, seed=1)
-    acquire(str(base / "source"), base / "root")
-    return base / "root"
+    return synthetic_root(100, 1)
 
 
 def _train_ranks_without_averaging(rank: int, world_size: int, rendezvous: str, run_dir: str, config: dict) -> None:
@@ -143,7 +135,6 @@ def runs(small_root, tmp_path_factory):
     from faceattr.runtime import seed_everything
     from faceattr.data.split import make_split
 
-    torch.set_num_threads(2)
     # Only the head trains (freeze_children=9 of resnet18's 10 children): a small, clear signal.
     # BatchNorm statistics are recalibrated afterwards (on every rank) over all train images.
     config = RunConfig(root=str(small_root), arch="resnet18", weights="none", freeze_children=9, epochs=1,
@@ -194,6 +185,7 @@ def _compare(runs, name) -> dict[str, float]:
 def _matches_single_process(figures: dict[str, float]) -> bool:
     return (figures["cosine"] > 0.8 and figures["relative"] < 0.6 and figures["loss"] < 0.05
             and figures["accuracy"] < 0.02)
+@pytest.mark.slow
 
 
 def test_ddp_epoch_sees_every_image_once_and_rank_0_writes(runs):
@@ -204,6 +196,7 @@ def test_ddp_epoch_sees_every_image_once_and_rank_0_writes(runs):
     assert ddp["metrics"]["images"] == train_images
     files = sorted(p.relative_to(ddp["run_dir"]).as_posix() for p in ddp["run_dir"].rglob("*") if p.is_file())
     assert files == ["checkpoints/epoch_1.pt", "config.json", "metrics/train_epoch_1.json", "split.csv"]
+@pytest.mark.slow
 
 
 def test_ddp_epoch_matches_single_process(runs):
@@ -218,6 +211,7 @@ def test_ddp_epoch_matches_single_process(runs):
     for key in (k for k in runs["initial"] if "running_" in k):
         assert torch.allclose(ddp["weights"][key], single["weights"][key], rtol=1e-4, atol=1e-5), key
     assert _matches_single_process(_compare(runs, "ddp"))
+@pytest.mark.slow
 
 
 def test_ranks_without_gradient_averaging_fail_the_comparison(runs):

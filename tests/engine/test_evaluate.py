@@ -28,7 +28,6 @@ from faceattr.model import build_model, head_name
 
 ARCH = "mobilenet_v3_small"
 
-torch.set_num_threads(2)
 
 
 def _random_problem(n: int = 300, k: int = 40, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

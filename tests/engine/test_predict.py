@@ -20,7 +20,6 @@ from faceattr.attributes import ATTRIBUTES
 from faceattr.model import build_model
 from faceattr.engine.predict import predict
 
-torch.set_num_threads(2)
 W, H = IMAGE_SIZE
 ORIENTATION = 0x0112  # the EXIF tag
 

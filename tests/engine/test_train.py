@@ -11,7 +11,6 @@ import torch
 from faceattr.config import ConfigError, RunConfig
 from faceattr.engine.train import AttributeLoss, make_loss, make_optimizer, make_scheduler, positive_weights, train_epoch
 
-torch.set_num_threads(2)
 
 CHECKPOINT_KEYS = {"model", "optimizer", "scheduler", "rng", "epoch", "config", "train"}
 TRAIN_KEYS = {"loss", "accuracy", "images", "seconds", "images_per_second"}
@@ -227,22 +226,20 @@ def test_recalibrate_batchnorm_averages_fresh_statistics_and_restores_the_layer(
 
 # -- epochs of a tiny run -----------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, RunConfig]:
-    """80 synthetic images (64 train), resnet18 from scratch, batch 16, in-process loading."""
-    from faceattr.data.download import acquire
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, synthetic_root) -> tuple[Path, RunConfig]:
+    """80 synthetic images (64 train), resnet18 from scratch with its first 6 children frozen, batch 16,
+    in-process loading."""
     from faceattr.data.split import make_split
     from faceattr.synth.files import generate
 
-    base = tmp_path_factory.mktemp("tiny-run")
-    generate(base / "source", n=80, seed=3)
-    acquire(str(base / "source"), base / "root")
-    run = base / "run"
+    root = synthetic_root(80, 3)
+    run = tmp_path_factory.mktemp("tiny-run") / "run"
     config = RunConfig(
         root=str(base / "root"), arch="resnet18", weights="none", batch_size=16, num_workers=0,
         device="cpu", epochs=3, schedule="cosine", lr=1e-3,
     )
     config.save(run)
-    split = make_split(base / "root", "random", 0, run)
+    split = make_split(root, "random", 0, run)
     assert split["train"] == 64
     return run, config
 

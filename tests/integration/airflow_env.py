@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -79,19 +80,56 @@ def free_port() -> int:
 
 
 class AirflowClient:
-    """A small client for a running api-server's REST API, shared by the scheduler and Celery tests.
+    """Airflow components running as processes, and a small client for the api-server's REST API;
+    shared by the scheduler and Celery tests (subclasses set `url` and log in to set `token`).
 
-    Subclasses set `url`, `token` (None until login), `processes` (name -> Popen of the running
-    services) and define `logs()`, which failures quote.
+    Each component runs in its own session, i.e. its own process group, so stopping it reaches
+    everything it forked (LocalExecutor workers, uvicorn, Celery's pool): a stopped component
+    leaves no process behind.
     """
 
     url: str
-    token: str | None
-    processes: dict[str, subprocess.Popen]
+    token: str | None = None
 
-    def logs(self) -> str:
-        raise NotImplementedError
+    def __init__(self, home: Path, env: dict[str, str]):
+        self.home, self.env = home, env
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.logfiles: dict[str, Path] = {}
 
+    # -- processes ------------------------------------------------------------------------------
+    def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+        """`airflow ARGS...` as component `name`, its output appended to HOME/<name>.log."""
+        path = self.home / f"{name}.log"
+        self.logfiles[name] = path
+        with open(path, "ab") as log:
+            process = subprocess.Popen([str(AIRFLOW), *args], env={**self.env, **(env or {})}, stdout=log,
+                                       stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
+        self.processes[name] = process
+        return process
+
+    def kill(self, name: str) -> None:
+        """SIGKILL a component and everything it forked: a machine lost mid-task."""
+        process = self.processes.pop(name)
+        _end_group(process, signal.SIGKILL, grace=0)
+
+    def stop(self, grace: float = 30) -> None:
+        """SIGTERM every component's process group, SIGKILL what is left after `grace` seconds, and
+        wait until each group is gone."""
+        for process in self.processes.values():
+            _signal_group(process, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for process in self.processes.values():
+            _end_group(process, signal.SIGKILL, grace=max(0.0, deadline - time.monotonic()))
+        self.processes.clear()
+
+    def logs(self, tail: int = 4000) -> str:
+        parts = []
+        for name, path in self.logfiles.items():
+            text = path.read_text(errors="replace") if path.exists() else "(no log)"
+            parts.append(f"----- {name} ({path}, last {tail} characters) -----\n{text[-tail:]}")
+        return "\n".join(parts)
+
+    # -- REST API -------------------------------------------------------------------------------
     def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
         headers = {"Content-Type": "application/json"}
         if self.token:
@@ -120,3 +158,43 @@ class AirflowClient:
                 return result
             time.sleep(every)
         raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n" + self.logs())
+
+
+def _signal_group(process: subprocess.Popen, sig: int) -> bool:
+    """Send `sig` to the process group `process` leads; False when no process of it is left."""
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _end_group(process: subprocess.Popen, sig: int, grace: float) -> None:
+    """Wait up to `grace` s for the leader, then send `sig` to its group and wait until the group is empty."""
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    _signal_group(process, sig)
+    process.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while left := _live_members(process.pid):  # the signal reaches children too; wait until they are gone
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{process.args[:3]}: processes {left} of its group outlived SIGKILL")
+        time.sleep(0.1)
+
+
+def _live_members(group: int) -> list[int]:
+    """PIDs in process group `group`, zombies aside (init reaps those whenever it gets to them)."""
+    members = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:  # exited while we looked
+            continue
+        state, _, pgrp = stat.rsplit(")", 1)[1].split()[:3]  # after "pid (comm)": state, ppid, pgrp
+        if int(pgrp) == group and state != "Z":
+            members.append(int(entry.name))
+    return members

@@ -1,9 +1,8 @@
 """A real CeleryExecutor cluster on loopback for tests/integration/test_celery.py.
 
-Airflow's api-server, scheduler and dag-processor plus Celery workers, each its own process
-(own session, so stopping it by PID reaches the processes it forks), against this machine's
-PostgreSQL (127.0.0.1:5432, trust auth; a fresh database per cluster) and Redis
-(127.0.0.1:6379, one db number, flushed at the end). The Airflow configuration is a copy of
+Airflow's api-server, scheduler and dag-processor plus Celery workers, each its own process group
+(airflow_env.AirflowClient), against this machine's PostgreSQL (tests/support.py: fresh databases
+per cluster) and Redis (127.0.0.1:6379, one db number, flushed at the end). The Airflow configuration is a copy of
 airflow.cfg.example with the docker-compose host names replaced by loopback ones, so the
 example file itself is what runs here.
 """
@@ -13,16 +12,12 @@ import configparser
 import json
 import os
 import secrets
-import signal
 import socket
 import subprocess
-import time
-import uuid
 from pathlib import Path
 
 from airflow_env import AIRFLOW, REPO, AirflowClient, free_port
 
-PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, os.environ.get("FACEATTR_TEST_PG_USER", "postgres")
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 REDIS_DB = int(os.environ.get("FACEATTR_TEST_REDIS_DB", "7"))
 
@@ -35,31 +30,12 @@ def reachable(host: str, port: int, timeout: float = 2.0) -> bool:
         return False
 
 
-def services_missing() -> list[str]:
-    """Which of PostgreSQL and Redis cannot be reached on loopback."""
-    missing = []
-    if not reachable(PG_HOST, PG_PORT):
-        missing.append(f"PostgreSQL on {PG_HOST}:{PG_PORT}")
+def require_redis() -> None:
+    """Skip (fail under CI) when Redis is unreachable on loopback."""
+    from support import missing
+
     if not reachable(REDIS_HOST, REDIS_PORT):
-        missing.append(f"Redis on {REDIS_HOST}:{REDIS_PORT}")
-    return missing
-
-
-def pg_url(database: str, driver: str = "postgresql+psycopg2") -> str:
-    return f"{driver}://{PG_USER}@{PG_HOST}:{PG_PORT}/{database}"
-
-
-def pg_admin(sql: str) -> None:
-    """Run one statement on the server's maintenance database (CREATE/DROP DATABASE need autocommit)."""
-    import psycopg2
-
-    conn = psycopg2.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres")
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cursor:
-            cursor.execute(sql)
-    finally:
-        conn.close()
+        missing(f"Redis on {REDIS_HOST}:{REDIS_PORT} unreachable: the Celery tests need it")
 
 
 def redis_flush(db: int) -> None:
@@ -74,18 +50,17 @@ def worker_hostname() -> str:
     return os.environ.get("FACEATTR_TEST_WORKER_NAME") or socket.getfqdn()
 
 
-def loopback_url(url: str, database: str) -> str:
-    """The example's database URL (its scheme and driver kept) pointed at our server and database."""
-    from sqlalchemy.engine import URL, make_url
+def loopback_url(url: str, database_url: str) -> str:
+    """The example's database URL (its scheme and driver kept) pointed at our test database."""
+    from sqlalchemy.engine import make_url
 
     prefix = "db+" if url.startswith("db+") else ""  # Celery's result_backend spelling
     driver = make_url(url.removeprefix(prefix)).drivername
-    local = URL.create(driver, username=PG_USER, host=PG_HOST, port=PG_PORT, database=database)
-    return prefix + local.render_as_string(hide_password=False)
+    return prefix + make_url(database_url).set(drivername=driver).render_as_string(hide_password=False)
 
 
 def write_config(path: Path, *, home: Path, database: str, port: int) -> Path:
-    """airflow.cfg.example with loopback hosts, this test's database, Redis db and folders."""
+    """airflow.cfg.example with loopback hosts, this test's database (a URL), Redis db and folders."""
     parser = configparser.ConfigParser(interpolation=None)
     parser.read(REPO / "airflow.cfg.example")
     expected = {("core", "executor"): "CeleryExecutor", ("operators", "default_queue"): "default"}
@@ -129,7 +104,11 @@ def write_config(path: Path, *, home: Path, database: str, port: int) -> Path:
 
 
 class Cluster(AirflowClient):
-    """The running services, a REST client for the api-server and helpers to stop and restart workers."""
+    """The running services, a REST client for the api-server and helpers to stop and restart workers.
+
+    `databases` are the URLs of two empty PostgreSQL databases: Airflow's, and the run store's
+    (its own alembic_version, apart from Airflow's).
+    """
 
     CORE = {
         "api-server": ["api-server", "--workers", "1"],
@@ -137,21 +116,14 @@ class Cluster(AirflowClient):
         "dag-processor": ["dag-processor"],
     }
 
-    def __init__(self, home: Path, extra_env: dict[str, str]):
-        self.home = home
-        self.name = f"faceattr_test_{uuid.uuid4().hex[:10]}"
-        self.database = self.name
-        self.store_database = self.name + "_store"  # its own alembic_version, apart from Airflow's
+    def __init__(self, home: Path, extra_env: dict[str, str], databases: tuple[str, str]):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.password = secrets.token_urlsafe(12)
-        self.processes: dict[str, subprocess.Popen] = {}
-        self.logfiles: dict[str, Path] = {}
-        self.token: str | None = None
-        self.created: list[str] = []
-        config = write_config(home / "airflow.cfg", home=home, database=self.database, port=self.port)
+        airflow_db, store_db = databases
+        config = write_config(home / "airflow.cfg", home=home, database=airflow_db, port=self.port)
         (home / "passwords.json").write_text(json.dumps({"admin": self.password}))
-        self.env = {
+        super().__init__(home, {
             **{k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "FACEATTR"))},
             "AIRFLOW_HOME": str(home),
             "AIRFLOW_CONFIG": str(config),
@@ -159,15 +131,12 @@ class Cluster(AirflowClient):
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "tests"), str(REPO / "tests" / "integration"), os.environ.get("PYTHONPATH")])),
             "FACEATTR_GPU_QUEUE": "gpu",
-            "FACEATTR_DB_URL": pg_url(self.store_database),
+            "FACEATTR_DB_URL": store_db,
             **extra_env,
-        }
+        })
 
     # -- life cycle ---------------------------------------------------------------------------
     def create(self) -> None:
-        for database in (self.database, self.store_database):
-            pg_admin(f'CREATE DATABASE "{database}"')
-            self.created.append(database)
         self.airflow("db", "migrate", timeout=600)
         self.airflow("pools", "set", "gpu", "1", "faceattr GPU work")
 
@@ -177,15 +146,6 @@ class Cluster(AirflowClient):
         if done.returncode != 0:
             raise RuntimeError(f"airflow {' '.join(args)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
         return done.stdout
-
-    def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-        path = self.home / f"{name}.log"
-        self.logfiles[name] = path
-        with open(path, "ab") as log:
-            process = subprocess.Popen([str(AIRFLOW), *args], env={**self.env, **(env or {})}, stdout=log,
-                                       stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
-        self.processes[name] = process
-        return process
 
     def start(self) -> None:
         for name, args in self.CORE.items():
@@ -201,53 +161,9 @@ class Cluster(AirflowClient):
             "--skip-serve-logs", "--without-gossip", "--without-mingle",
         ], env={"FACEATTR_TEST_WORKER_NAME": name})
 
-    def kill(self, name: str) -> None:
-        """SIGKILL a service and everything it forked (its session): a machine lost mid-task."""
-        process = self.processes.pop(name)
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        process.wait(timeout=30)
-
-    def stop(self) -> None:
-        for process in self.processes.values():
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        for process in self.processes.values():
-            try:
-                process.wait(timeout=max(1.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-            try:  # whatever the service forked and left behind in its session
-                os.killpg(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            process.wait(timeout=10)
-        self.processes.clear()
-
     def destroy(self) -> None:
-        """Drop our databases and flush our Redis db; called after stop()."""
-        errors = []
-        for database in self.created:
-            try:
-                pg_admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-            except Exception as exc:  # noqa: BLE001 - try the others, report at the end
-                errors.append(f"{database}: {exc}")
-        try:
-            redis_flush(REDIS_DB)
-        except Exception as exc:  # noqa: BLE001
-            errors.append(f"redis db {REDIS_DB}: {exc}")
-        if errors:
-            raise RuntimeError("cleaning up the test cluster failed: " + "; ".join(errors))
-
-    def logs(self, tail: int = 4000) -> str:
-        parts = []
-        for name, path in self.logfiles.items():
-            text = path.read_text(errors="replace") if path.exists() else "(no log)"
-            parts.append(f"----- {name} ({path}, last {tail} characters) -----\n{text[-tail:]}")
-        return "\n".join(parts)
+        """Flush our Redis db; called after stop() (the databases go with their fixture)."""
+        redis_flush(REDIS_DB)
 
     # -- REST API -----------------------------------------------------------------------------
     def login(self) -> None:

@@ -1,8 +1,8 @@
 """A real Airflow on loopback runs faceattr_train, triggered through the REST API.
 
 The fixture starts the api-server (a free port on 127.0.0.1), the scheduler (LocalExecutor) and
-the dag-processor with a SQLite metadata DB in a temporary AIRFLOW_HOME, and stops each by its
-PID afterwards. The test logs in (simple auth manager: POST /auth/token gives a JWT), triggers a
+the dag-processor with a SQLite metadata DB in a temporary AIRFLOW_HOME, and stops each with every
+process it forked afterwards (airflow_env.AirflowClient). The test logs in (simple auth manager: POST /auth/token gives a JWT), triggers a
 one-epoch run over /api/v2 and polls it to success. Failures carry the services' logs.
 """
 from __future__ import annotations
@@ -10,15 +10,12 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
-import subprocess
-import time
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from airflow_env import AIRFLOW, REPO, AirflowClient, airflow_environ, free_port, migrate, synthetic_source
+from airflow_env import AirflowClient, airflow_environ, free_port, migrate, synthetic_source
 
 pytestmark = pytest.mark.slow
 
@@ -33,37 +30,13 @@ class Airflow(AirflowClient):
     """Running Airflow components and a small client for their REST API."""
 
     def __init__(self, home: Path, env: dict[str, str], port: int, password: str):
-        self.home, self.env, self.password = home, env, password
+        super().__init__(home, env)
+        self.port, self.password = port, password
         self.url = f"http://127.0.0.1:{port}"
-        self.processes: dict[str, subprocess.Popen] = {}
-        self.token: str | None = None
 
-    def start(self, port: int) -> None:
+    def start(self) -> None:
         for name, args in SERVICES.items():
-            log = open(self.home / f"{name}.log", "wb")
-            command = [str(AIRFLOW), *(arg.format(port=port) for arg in args)]
-            # Own session: stopping it also reaches the workers it forks (LocalExecutor, uvicorn).
-            self.processes[name] = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                                    cwd=REPO, start_new_session=True)
-
-    def stop(self) -> None:
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        for process in self.processes.values():
-            try:
-                process.wait(timeout=max(1.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)  # the group this fixture created for it
-                process.wait(timeout=10)
-
-    def logs(self) -> str:
-        parts = []
-        for name in SERVICES:
-            text = (self.home / f"{name}.log").read_text(errors="replace")
-            parts.append(f"----- {name} (last 4000 characters) -----\n{text[-4000:]}")
-        return "\n".join(parts)
+            self.spawn(name, [arg.format(port=self.port) for arg in args])
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +73,7 @@ def airflow(tmp_path_factory):
     }
     migrate(home, env)
     services = Airflow(home, env, port, password)
-    services.start(port)
+    services.start()
     try:
         yield services
     finally:

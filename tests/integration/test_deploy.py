@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, STRICT
+from support import REPO, STRICT
 
 AIRFLOW = Path(sys.executable).with_name("airflow")
 

@@ -170,15 +170,9 @@ def test_push_of_a_missing_run_folder_is_an_error(tmp_path, url):
 
 
 @pytest.fixture(scope="module")
-def small_root(tmp_path_factory):
+def small_root(synthetic_root):
     """60 synthetic images: enough for a split and one short CPU epoch."""
-    from faceattr.data.download import acquire
-    from faceattr.synth.files import generate
-
-    base = tmp_path_factory.mktemp("artifacts-data")
-    generate(base / "source", n=60, seed=2)
-    acquire(str(base / "source"), base / "root")
-    return base / "root"
+    return synthetic_root(60, 2)
 
 
 def test_pipeline_stages_on_machines_without_a_shared_disk(tmp_path, url, small_root, monkeypatch):
@@ -188,7 +182,6 @@ def test_pipeline_stages_on_machines_without_a_shared_disk(tmp_path, url, small_
 
     from faceattr.orchestration import tasks as orchestrate
 
-    torch.set_num_threads(2)
     output = tmp_path / "runs"
     monkeypatch.setenv(artifacts.ENV, url)
     monkeypatch.setenv("FACEATTR_DATA_ROOTS", f"{tmp_path}:{small_root}")
