@@ -3,7 +3,8 @@
 #
 # Runs `airflow standalone` (api-server, scheduler, dag-processor, triggerer; LocalExecutor,
 # SQLite) with the same AIRFLOW_HOME (./.airflow) and data folder (./data) as `make run`, so its
-# runs show in the UI. Ctrl-C stops every component cleanly.
+# runs show in the UI, with the faceattr pages (the plugin in faceattr/ui, found through its entry
+# point). Ctrl-C, or SIGINT/SIGTERM to the pid in .airflow/airflow.pid, stops every component.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO="$PWD"
@@ -34,26 +35,17 @@ quiet() {  # a set-up command, its chatter kept in $LOG unless it fails
 quiet airflow db migrate
 airflow pools get gpu >/dev/null 2>&1 || quiet airflow pools set gpu 1 "faceattr GPU work: train, validate, test, score"
 
+PIDFILE="$AIRFLOW_HOME/airflow.pid"
 cat <<EOF
 Airflow UI:      http://$AIRFLOW__API__HOST:$AIRFLOW__API__PORT   (user: admin)
 Admin password:  $AIRFLOW_HOME/simple_auth_manager_passwords.json.generated (written on first start)
+faceattr pages:  http://$AIRFLOW__API__HOST:$AIRFLOW__API__PORT/plugin/faceattr (and a run's "Training report" tab)
 DAGs:            $AIRFLOW__CORE__DAGS_FOLDER (faceattr_train, faceattr_score); pool 'gpu', 1 slot
 Data:            FACEATTR_HOME=$FACEATTR_HOME  FACEATTR_DATA_ROOTS=$FACEATTR_DATA_ROOTS
 Run store:       $FACEATTR_DB_URL
-Stop:            Ctrl-C
+Stop:            Ctrl-C, or kill -INT \$(cat $PIDFILE) (also when started in the background)
 EOF
 
-# Job control puts standalone in its own process group, where SIGINT is not ignored as it would
-# be for a plain background job; the trap forwards Ctrl-C to it and waits for its shutdown.
-set -m
-airflow standalone &
-PID=$!
-trap 'kill -INT "$PID" 2>/dev/null || true' INT TERM
-while kill -0 "$PID" 2>/dev/null; do
-    wait "$PID" || true  # returns early when the trap runs; keep waiting for the shutdown
-done
-trap - INT TERM
-status=0
-wait "$PID" || status=$?
-echo "Airflow stopped (exit status $status)."
-exit "$status"
+# supervise.py stops standalone and every process it started on SIGINT, SIGTERM or SIGHUP, even
+# when this script was started with SIGINT ignored (a background job of another script).
+exec python "$REPO/scripts/supervise.py" --pidfile "$PIDFILE" -- airflow standalone

@@ -247,14 +247,45 @@ def skip_reason(config: RunConfig, run_dir: Path, epoch: int) -> str | None:
     return None
 
 
+def epoch_seconds(run_dir: Path) -> dict[int, float]:
+    """Wall seconds of each trained and validated epoch: training plus validation, from their metrics."""
+    found = metrics.all_epoch_metrics(run_dir)
+    return {epoch: float(data.get("seconds") or 0.0) + float(found["val"][epoch].get("seconds") or 0.0)
+            for epoch, data in found["train"].items() if epoch in found["val"]}
+
+
+def run_eta(config: RunConfig, seconds: Mapping[int, float], epoch: int) -> float | None:
+    """Seconds left before epoch `epoch` starts until the last planned epoch is validated: the mean
+    epoch so far times the epochs left (None before the first epoch is done). Early stopping may end sooner."""
+    if not seconds:
+        return None
+    return sum(seconds.values()) / len(seconds) * max(0, config.epochs - epoch + 1)
+
+
+def duration(seconds: float) -> str:
+    """12 s, 4 min 05 s, 2 h 03 min: how long, for a person."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
 def train(params: Mapping[str, Any], dag_run_id: str, epoch: int) -> dict:
     """Train one epoch from the previous epoch's checkpoint; raises Skip past the run's epochs or on early stop."""
     from faceattr.engine.distributed import launch_epoch  # one process, or DDP over the worker's GPUs
 
-    with run_folder(params, dag_run_id) as run:
+    with run_folder(params, dag_run_id, record=True) as run:
         reason = skip_reason(run.config, run.dir, epoch)
         if reason:
             raise skip(f"epoch {epoch} not trained: {reason}")
+        eta = run_eta(run.config, epoch_seconds(run.dir), epoch)
+        if eta is None:
+            log.info("epoch %d/%d: run ETA known once an epoch is trained and validated", epoch, run.config.epochs)
+        else:
+            log.info("epoch %d/%d: run ETA %s (ends ~%s UTC; training and validation of the epochs left)", epoch,
+                     run.config.epochs, duration(eta), f"{now() + dt.timedelta(seconds=eta):%H:%M}")
         result = launch_epoch(run.dir, epoch, run.config)
     return summary(result, "epoch", "loss", "accuracy", "images", "seconds", "images_per_second", "checkpoint")
 
