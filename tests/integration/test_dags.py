@@ -146,6 +146,7 @@ def test_good_conf_is_accepted(dagbag):
     values = params.deep_merge({"epochs": 2, "arch": "resnet18", "weights": "none", "lr": 0.01}).validate()
     config = RunConfig.from_dict({k: values[k] for k in RunConfig.json_schema()})
     assert (config.epochs, config.arch, config.lr) == (2, "resnet18", 0.01)
+    assert config.freeze_children == 0  # the form leaves it empty: nothing frozen when training from scratch
 
 
 def test_score_params_require_images(dagbag):
