@@ -1,0 +1,310 @@
+"""HTML of the faceattr pages (Runs, Run, Compare), from faceattr.ui.data's dicts.
+
+Plain server-side HTML with inline SVG charts and a few lines of JavaScript (sorting, filtering,
+picking runs to compare, and refreshing a running run's figures), so nothing is loaded from
+outside the API server. Every value from the store or a run folder is escaped.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import html
+from typing import Any, Iterable
+from urllib.parse import quote
+
+from faceattr.ui.charts import PALETTE, Series, line_chart
+
+PREFIX = "/faceattr"
+STYLE = """
+body{font:13px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1f2933;margin:0;padding:16px 20px;background:#fff}
+h1{font-size:20px;margin:0 0 4px} h2{font-size:15px;margin:22px 0 8px;border-bottom:1px solid #e4e7eb;padding-bottom:4px}
+a{color:#0b66c3;text-decoration:none} a:hover{text-decoration:underline}
+table{border-collapse:collapse;font-variant-numeric:tabular-nums} th,td{padding:4px 9px;text-align:left;border-bottom:1px solid #eef0f2}
+th{background:#f5f7fa;font-weight:600;white-space:nowrap} th[data-sort]{cursor:pointer} th[data-sort]:after{content:" \\2195";color:#9aa5b1}
+td.num,th.num{text-align:right} tr.winner td{background:#e8f5e9;font-weight:600}
+.muted{color:#616e7c} .badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;font-weight:600}
+.success{background:#e3f9e5;color:#1f7a2e} .running{background:#e6f0ff;color:#0b4fa3} .failed{background:#ffe3e3;color:#a61b1b}
+.queued,.none{background:#f0f0f0;color:#52606d} .current{color:#b7791f;font-weight:700}
+.charts{display:flex;flex-wrap:wrap;gap:8px} .chart{border:1px solid #e4e7eb;border-radius:6px;background:#fff}
+.chart .grid{stroke:#eef0f2} .chart .axis{stroke:#9aa5b1} .chart text{font:11px system-ui,sans-serif;fill:#52606d}
+.chart .chart-title{font-weight:600;font-size:12px;fill:#1f2933} .chart .legend{fill:#1f2933}
+.bar{height:10px;background:#0072B2;border-radius:2px;display:inline-block;vertical-align:middle}
+.progress{height:14px;background:#eef0f2;border-radius:7px;width:360px;overflow:hidden;display:inline-block;vertical-align:middle}
+.progress>span{display:block;height:100%;background:#0072B2}
+.kpis{display:flex;gap:10px;flex-wrap:wrap;margin:10px 0} .kpi{border:1px solid #e4e7eb;border-radius:6px;padding:6px 12px;min-width:120px}
+.kpi b{display:block;font-size:18px} .kpi span{color:#616e7c;font-size:12px}
+.downloads a{margin-right:14px} .downloads span.off{margin-right:14px;color:#9aa5b1}
+.pos{color:#1f7a2e} .neg{color:#a61b1b} .note{background:#fffbea;border:1px solid #f7e3a1;padding:6px 10px;border-radius:4px}
+input[type=search]{padding:4px 8px;width:260px} button{padding:4px 12px}
+"""
+SCRIPT = """
+function sortTable(th){const table=th.closest('table'),body=table.tBodies[0],i=[...th.parentNode.children].indexOf(th);
+ const dir=th.dataset.dir==='asc'?'desc':'asc';th.dataset.dir=dir;
+ const key=r=>{const c=r.children[i];const v=c.dataset.value??c.textContent.trim();const n=parseFloat(v);return isNaN(n)?v.toLowerCase():n};
+ [...body.rows].sort((a,b)=>{const x=key(a),y=key(b);return (x>y?1:x<y?-1:0)*(dir==='asc'?1:-1)}).forEach(r=>body.appendChild(r))}
+document.addEventListener('click',e=>{const th=e.target.closest('th[data-sort]');if(th)sortTable(th)});
+function filterRows(input){const q=input.value.toLowerCase();for(const r of document.querySelectorAll(input.dataset.rows))
+ r.style.display=r.textContent.toLowerCase().includes(q)?'':'none'}
+function compare(){const ids=[...document.querySelectorAll('input.pick:checked')].map(c=>'run='+encodeURIComponent(c.value));
+ if(ids.length<2){alert('Pick two or more runs to compare.');return}location.href='PREFIX/compare?'+ids.join('&')}
+function live(){const box=document.getElementById('live');if(!box||box.dataset.status!=='running')return;
+ setTimeout(()=>fetch(box.dataset.url,{credentials:'same-origin'}).then(r=>r.json()).then(j=>{
+  if(j.status!=='running'){location.reload();return}box.innerHTML=j.html;live()}).catch(()=>live()),5000)}
+live();
+""".replace("PREFIX", PREFIX)
+
+
+def esc(value: Any) -> str:
+    return html.escape("" if value is None else str(value))
+
+
+def num(value: float | None, digits: int = 4) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.2f} %"
+
+
+def signed(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f'<span class="{"pos" if value > 0 else "neg" if value < 0 else "muted"}">{100 * value:+.2f}</span>'
+
+
+def when(value: dt.datetime | None) -> str:
+    return "–" if value is None else value.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def span(seconds: float | None) -> str:
+    from faceattr.orchestration.tasks import duration
+
+    return "–" if seconds is None else duration(seconds)
+
+
+def badge(status: str | None) -> str:
+    return f'<span class="badge {esc(status or "none")}">{esc(status or "not started")}</span>'
+
+
+def run_url(run_id: str) -> str:
+    return f"{PREFIX}/runs/{quote(run_id, safe='')}"
+
+
+def page(title: str, body: str) -> str:
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
+            f"<style>{STYLE}</style></head><body>{body}<script>{SCRIPT}</script></body></html>")
+
+
+def table(headers: Iterable[tuple[str, str]], rows: Iterable[str], table_id: str = "") -> str:
+    """headers: (label, "num" or ""); rows: rendered <tr>s. Every column sorts on a click."""
+    head = "".join(f'<th data-sort class="{kind}">{label}</th>' for label, kind in headers)
+    attrs = f' id="{table_id}"' if table_id else ""
+    return f"<table{attrs}><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def td(value: Any, *, sort: Any = None, numeric: bool = False, raw: bool = False) -> str:
+    data = f' data-value="{esc(sort)}"' if sort is not None else ""
+    return f'<td{data}{" class=num" if numeric else ""}>{value if raw else esc(value)}</td>'
+
+
+# -- Runs -----------------------------------------------------------------------------------------
+def runs_page(rows: list[dict[str, Any]]) -> str:
+    body = [f"<h1>faceattr runs</h1><p class=muted>{len(rows)} run(s) in the run store, newest first. Click a "
+            "column to sort; tick two or more runs and press Compare to overlay their curves.</p>",
+            '<p><input type="search" placeholder="filter: arch, status, run id…" data-rows="#runs tbody tr" '
+            'oninput="filterRows(this)"> <button onclick="compare()">Compare</button></p>']
+    lines = []
+    for r in rows:
+        done = f"{r['epochs_done']}/{r['epochs_planned'] or '?'}"
+        lines.append(
+            "<tr>" + td(f'<input type="checkbox" class="pick" value="{esc(r["id"])}">', raw=True)
+            + td(f'<a href="{run_url(r["id"])}">{esc(r["id"])}</a>', sort=r["id"], raw=True)
+            + td(badge(r["status"]), sort=r["status"], raw=True)
+            + td(when(r["started_at"]), sort=r["started_at"].isoformat() if r["started_at"] else "")
+            + td(span(r["seconds"]), sort=r["seconds"] or 0, numeric=True)
+            + td(r["arch"]) + td(r["weights"]) + td(r["split"])
+            + td(done, sort=r["epochs_done"], numeric=True) + td(r["best_epoch"] or "–", numeric=True)
+            + td(num(r["val_mean_accuracy"]), numeric=True) + td(num(r["test_mean_accuracy"]), numeric=True)
+            + td(num(r["majority_baseline"]), numeric=True)
+            + td('<span class="current" title="the current (champion) model">★ current</span>' if r["current"] else "",
+                 sort=1 if r["current"] else 0, raw=True) + "</tr>")
+    headers = [("", ""), ("Run", ""), ("State", ""), ("Started", ""), ("Duration", "num"), ("Arch", ""),
+               ("Weights", ""), ("Split", ""), ("Epochs", "num"), ("Best epoch", "num"), ("Val acc", "num"),
+               ("Test acc", "num"), ("Majority baseline", "num"), ("Model", "")]
+    body.append(table(headers, lines, "runs") if rows else "<p>No runs yet: trigger faceattr_train.</p>")
+    return page("faceattr runs", "".join(body))
+
+
+# -- Run ------------------------------------------------------------------------------------------
+def run_charts(view: dict[str, Any]) -> str:
+    c, best = view["curves"], view["selection"]["winner"]
+    highlight = {best} if best is not None else set()
+    accuracy = line_chart([
+        Series("train accuracy", c["train_accuracy"], PALETTE[1]),
+        Series("val mean accuracy", c["val_mean_accuracy"], PALETTE[0], highlight=highlight),
+        Series("majority baseline", c["val_majority_baseline"], "#7b8794", dashed=True, markers=False),
+    ], title="Accuracy per epoch (ring: selected epoch)", x_label="epoch", y_label="accuracy", chart_id="chart-accuracy")
+    loss = line_chart([Series("train loss", c["train_loss"], PALETTE[5])], title="Train loss per epoch",
+                      x_label="epoch", y_label="loss", chart_id="chart-loss")
+    speed = line_chart([Series("images/s (train)", c["images_per_second"], PALETTE[2])],
+                       title="Training speed per epoch", x_label="epoch", y_label="images / s", chart_id="chart-speed")
+    return f'<div class="charts">{accuracy}{loss}{speed}</div>'
+
+
+def live_part(view: dict[str, Any]) -> str:
+    """The part of the Run page that a running run refreshes every few seconds."""
+    p, s = view["progress"], view["selection"]
+    fraction = p["fraction"] or 0.0
+    running = ", ".join(f"{esc(t['task_id'])} (for {esc(t['for'])})" for t in p["running"]) or "none"
+    eta = (f"ETA {esc(p['eta'])} (mean epoch {esc(p['mean_epoch'])}; early stopping may end it sooner)"
+           if p["eta"] else ("ETA known once an epoch is trained and validated" if view["run"]["status"] == "running"
+                             else ""))
+    parts = [
+        f'<h2>Progress</h2><p><span class="progress"><span style="width:{100 * fraction:.1f}%"></span></span> '
+        f'<b id="progress-text">{p["validated"]} of {p["planned"] or "?"} epochs validated</b> · running: {running}'
+        f'<br><span class=muted>{eta}</span></p>',
+        "<h2>Curves</h2>", run_charts(view),
+        f'<h2>Selection</h2><p>Rule: {esc(s["rule"])}. '
+        + (f'Chosen: <b>epoch {s["winner"]}</b>.' if s["chosen"] else
+           (f"Best so far: epoch {s['winner']} (not chosen yet)." if s["winner"] else "No epoch validated yet.")) + "</p>",
+    ]
+    rows = []
+    for r in s["rows"]:
+        extra = td(num(r["ranked_by"]), numeric=True) if s["measure"] != "mean_accuracy" else ""
+        rows.append(f'<tr class="{"winner" if r["epoch"] == s["winner"] else ""}">' + td(r["epoch"], numeric=True)
+                    + td(num(r["val_mean_accuracy"]), numeric=True) + extra
+                    + td(num(r["majority_baseline"]), numeric=True)
+                    + td("← winner" if r["epoch"] == s["winner"] else "") + "</tr>")
+    headers = [("Epoch", "num"), ("Val mean accuracy", "num")]
+    if s["measure"] != "mean_accuracy":
+        headers.append((f"Val {esc(s['measure'])} (ranks)", "num"))
+    headers += [("Majority baseline", "num"), ("", "")]
+    parts.append(table(headers, rows, "selection"))
+    return "".join(parts)
+
+
+def attribute_part(view: dict[str, Any]) -> str:
+    rows, current = view["attributes"], view["current"]
+    if not rows:
+        return "<h2>Test accuracy per attribute</h2><p class=muted>Not tested yet.</p>"
+    against = ""
+    if current and current["is_this_run"]:
+        against = "<p class=muted>This run's model is the current one.</p>"
+    elif current:
+        against = f'<p class=muted>Current model: <a href="{run_url(current["run_id"])}">{esc(current["run_id"])}</a>, ' \
+                  f'epoch {current["epoch"]}.</p>'
+        if current["comparable"] is False:
+            against += '<p class="note">The current model was tested on a different test set; compare with care.</p>'
+    lines = []
+    for r in rows:
+        gain = r["accuracy"] - r["majority_baseline"]
+        versus = None if r["current"] is None else r["accuracy"] - r["current"]
+        lines.append("<tr>" + td(r["attribute"])
+                     + td(f'{num(r["accuracy"])} <span class="bar" style="width:{80 * r["accuracy"]:.0f}px"></span>',
+                          sort=r["accuracy"], raw=True)
+                     + td(num(r["majority_baseline"]), numeric=True) + td(signed(gain), sort=gain, numeric=True, raw=True)
+                     + td(num(r["balanced_accuracy"]), numeric=True)
+                     + td(num(r["current"]), numeric=True) + td(signed(versus), sort=versus, numeric=True, raw=True)
+                     + "</tr>")
+    headers = [("Attribute", ""), ("Test accuracy", ""), ("Majority baseline", "num"), ("vs baseline (points)", "num"),
+               ("Balanced accuracy", "num"), ("Current model", "num"), ("vs current (points)", "num")]
+    return "<h2>Test accuracy per attribute</h2>" + against + table(headers, lines, "attributes")
+
+
+def subgroup_part(view: dict[str, Any]) -> str:
+    rows = view["subgroups"]
+    head = "<h2>Accuracy per subgroup (test split)</h2>"
+    if rows is None:
+        return head + "<p class=muted>Needs the test split's scores (RUN/metrics/test_epoch_K.npz) in a run folder " \
+                      "this server can read.</p>"
+    lines = ["<tr>" + td(r["group"]) + td(f"{r['attribute']} = {'-1' if r['group'] in ('women', 'not young') else '1'}")
+             + td(r["images"], numeric=True) + td(num(r["mean_accuracy"]), numeric=True)
+             + td(signed(None if r["mean_accuracy"] is None else r["mean_accuracy"] - r["all_images"]), raw=True,
+                  numeric=True) + "</tr>" for r in rows]
+    return (head + "<p class=muted>Mean accuracy over the other 39 attributes of the test images in each group "
+            "(the grouping attribute itself is left out), and its difference from all test images.</p>"
+            + table([("Group", ""), ("Defined by", ""), ("Images", "num"), ("Mean accuracy", "num"),
+                     ("vs all images (points)", "num")], lines, "subgroups"))
+
+
+def jobs_part(view: dict[str, Any]) -> str:
+    jobs = view["scoring_jobs"]
+    if not jobs:
+        return "<h2>Scoring jobs with this model</h2><p class=muted>None yet.</p>"
+    lines = ["<tr>" + td(j["id"]) + td(badge(j["status"]), raw=True) + td(when(j.get("started_at")))
+             + td(j.get("images"), numeric=True) + td(j.get("rows"), numeric=True) + td(j.get("errors"), numeric=True)
+             + td(j.get("output_csv")) + "</tr>" for j in jobs]
+    return "<h2>Scoring jobs with this model</h2>" + table(
+        [("Job", ""), ("State", ""), ("Started", ""), ("Images", "num"), ("Rows", "num"), ("Errors", "num"),
+         ("Output CSV", "")], lines, "jobs")
+
+
+def kpis(view: dict[str, Any]) -> str:
+    """The headline figures: selected epoch, validation and test accuracy, baseline, the current model's."""
+    run, rows, current = view["run"], view["attributes"], view["current"]
+    baseline = sum(r["majority_baseline"] for r in rows) / len(rows) if rows else None
+    cards = [("selected epoch", run["best_epoch"] if view["selection"]["chosen"] else "–"),
+             ("val mean accuracy", num(run["val_mean_accuracy"])), ("test mean accuracy", num(run["test_mean_accuracy"])),
+             ("test majority baseline", num(baseline))]
+    if run["test_mean_accuracy"] is not None and baseline is not None:
+        cards.append(("vs baseline (points)", signed(run["test_mean_accuracy"] - baseline)))
+    if current and not current["is_this_run"] and current.get("test_mean_accuracy") is not None:
+        versus = None if run["test_mean_accuracy"] is None else run["test_mean_accuracy"] - current["test_mean_accuracy"]
+        cards.append(("vs current model (points)", signed(versus)))
+    elif current and current["is_this_run"]:
+        cards.append(("model", '<span class="current">★ current</span>'))
+    return '<div class="kpis">' + "".join(f'<div class="kpi"><b>{value}</b><span>{label}</span></div>'
+                                          for label, value in cards) + "</div>"
+
+
+def run_page(view: dict[str, Any]) -> str:
+    run, config = view["run"], view["config"]
+    run_id = run["id"]
+    summary = " · ".join(f"{key} <b>{esc(config.get(key))}</b>" for key in
+                         ("arch", "weights", "split", "epochs", "batch_size", "lr", "loss", "optimizer", "patience")
+                         if key in config)
+    links = []
+    for name, present in view["downloads"].items():
+        href = f"{run_url(run_id)}/files/{'report/index.html' if name == 'report' else name}"
+        links.append(f'<a href="{href}" download>{esc(name)}</a>' if present and name != "report"
+                     else f'<a href="{href}" target="_blank">report</a>' if present
+                     else f'<span class="off" title="not written (yet)">{esc(name)}</span>')
+    header = (f'<p><a href="{PREFIX}/">← all runs</a></p><h1>Run {esc(run_id)} {badge(run["status"])}</h1>'
+              f'<p class=muted>DAG run {esc(run["dag_run_id"])} · started {when(run["started_at"])} · '
+              f'finished {when(run["finished_at"])}</p><p>{summary}</p>'
+              f'<p class="downloads">Downloads: {"".join(links)}</p>' + kpis(view))
+    if view["folder"] is None:
+        header += '<p class="note">The run folder is not readable on this server: figures come from the run store; ' \
+                  "downloads and subgroups need the folder.</p>"
+    url = f"{PREFIX}/api/runs/{quote(run_id, safe='')}/live"
+    live = f'<div id="live" data-status="{esc(run["status"])}" data-url="{url}">{live_part(view)}</div>'
+    body = header + live + attribute_part(view) + subgroup_part(view) + jobs_part(view)
+    return page(f"faceattr run {run_id}", body)
+
+
+def message_page(title: str, text: str) -> str:
+    return page(title, f'<p><a href="{PREFIX}/">← all runs</a></p><h1>{esc(title)}</h1><p id="message">{esc(text)}</p>')
+
+
+# -- Compare --------------------------------------------------------------------------------------
+def compare_page(runs: list[dict[str, Any]]) -> str:
+    """Overlay of two or more runs' curves, and the settings in which they differ."""
+    labels = {r["id"]: f"{i + 1}: {r['id'][-16:]}" for i, r in enumerate(runs)}
+
+    def overlay(key: str, title: str, y_label: str, chart_id: str) -> str:
+        return line_chart([Series(labels[r["id"]], r["curves"][key], PALETTE[i % len(PALETTE)])
+                           for i, r in enumerate(runs)], title=title, x_label="epoch", y_label=y_label,
+                          chart_id=chart_id)
+
+    keys = sorted({k for r in runs for k in r["config"]})
+    differ = [k for k in keys if len({repr(r["config"].get(k)) for r in runs}) > 1]
+    rows = ["<tr>" + td(labels[r["id"]]) + td(f'<a href="{run_url(r["id"])}">{esc(r["id"])}</a>', raw=True)
+            + td(badge(r["status"]), raw=True) + td(num(r["val_mean_accuracy"]), numeric=True)
+            + td(num(r["test_mean_accuracy"]), numeric=True)
+            + "".join(td(r["config"].get(k)) for k in differ) + "</tr>" for r in runs]
+    headers = [("#", ""), ("Run", ""), ("State", ""), ("Best val acc", "num"), ("Test acc", "num")]
+    headers += [(esc(k), "") for k in differ]
+    body = (f'<p><a href="{PREFIX}/">← all runs</a></p><h1>Compare {len(runs)} runs</h1>'
+            f'<div class="charts">{overlay("val_mean_accuracy", "Validation mean accuracy", "accuracy", "chart-val")}'
+            f'{overlay("train_loss", "Train loss", "loss", "chart-loss")}</div>'
+            "<h2>Runs and the settings that differ</h2>" + table(headers, rows, "compare"))
+    return page("faceattr: compare runs", body)

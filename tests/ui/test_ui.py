@@ -1,0 +1,163 @@
+"""The faceattr pages' data, downloads and charts, on a run folder and store made here (no server, no browser).
+
+tests/integration/test_ui_plugin.py serves them from a real Airflow API server to a real browser.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from faceattr.attributes import ATTRIBUTES
+from faceattr.config import RunConfig
+from faceattr.engine.evaluate import get_accuracy, majority_classes, summarise
+from faceattr.fsutil import write_json
+from faceattr.run import metrics
+from faceattr.run.layout import RunLayout
+from faceattr.ui import charts, data, pages
+
+VAL = {1: 0.80, 2: 0.86, 3: 0.86}  # epoch 3 ties epoch 2: the earlier wins
+
+
+def _evaluation(rng, n: int, skill: float) -> tuple[np.ndarray, np.ndarray]:
+    labels = np.where(rng.random((n, len(ATTRIBUTES))) < 0.3, 1, -1).astype(np.int8)
+    scores = np.where(rng.random(labels.shape) < skill, labels, -labels) + rng.normal(0, 0.3, labels.shape)
+    return scores.astype(np.float32), labels
+
+
+@pytest.fixture
+def made_run(tmp_path, monkeypatch):
+    """A finished 3-epoch run folder recorded in a SQLite store, as the DAG leaves them."""
+    from faceattr.store import registry
+    from faceattr.store.store import Store
+
+    monkeypatch.setenv("FACEATTR_DATA_ROOTS", str(tmp_path / "data"))
+    monkeypatch.setenv("FACEATTR_DB_URL", f"sqlite:///{tmp_path / 'store.db'}")
+    run_dir = tmp_path / "data" / "runs" / "manual__ui"
+    RunConfig(arch="resnet18", weights="none", epochs=3, root=str(tmp_path / "data")).save(run_dir)
+    rng = np.random.default_rng(0)
+    majority = majority_classes(np.where(rng.random((50, len(ATTRIBUTES))) < 0.3, 1, -1))
+    for epoch in (1, 2, 3):
+        metrics.write_epoch_metrics(run_dir, "train", epoch, {
+            "loss": 1.0 / epoch, "accuracy": 0.7 + 0.05 * epoch, "images": 48, "seconds": 10.0 + epoch,
+            "images_per_second": 48 / (10.0 + epoch)})
+        summary = summarise(*_evaluation(rng, 30, 0.8), 0.0, majority)
+        metrics.write_epoch_metrics(run_dir, "val", epoch, {**summary, "mean_accuracy": VAL[epoch], "seconds": 2.0})
+    metrics.write_best(run_dir, {"epoch": 2, "val_mean_accuracy": VAL[2], "val_by_epoch": {str(k): v for k, v in VAL.items()}})
+    scores, labels = _evaluation(rng, 200, 0.85)
+    metrics.write_epoch_metrics(run_dir, "test", 2, summarise(scores, labels, 0.0, majority))
+    np.savez(RunLayout(run_dir).scores("test", 2), scores=scores, labels=labels, thresholds=np.zeros(len(ATTRIBUTES)))
+    layout = RunLayout(run_dir)
+    layout.model.write_bytes(b"model bytes")
+    layout.report.mkdir()
+    (layout.report / "index.html").write_text("<html>report</html>")
+    layout.private_predictions.write_text("image_id\n")
+    (run_dir / "private_predictions.errors.csv").write_text("image_id,reason\n")
+    with Store.from_env() as store:
+        store.sync_run_dir("manual__ui", run_dir, status="success", dag_run_id="manual__ui")
+        registry.publish(store, run_dir, actor="test")  # the first published model: the champion
+        yield {"store": store, "run_dir": run_dir, "scores": scores, "labels": labels, "outside": tmp_path / "secret"}
+
+
+def test_run_view_shows_the_run_folder_figures(made_run):
+    view = data.run_view(made_run["store"], "manual__ui")
+    assert view["curves"]["val_mean_accuracy"] == [(1, 0.80), (2, 0.86), (3, 0.86)]
+    assert [y for _, y in view["curves"]["train_loss"]] == pytest.approx([1.0, 0.5, 1 / 3])
+    assert (view["selection"]["winner"], view["selection"]["chosen"]) == (2, True)
+    assert "tie goes to the earlier epoch" in view["selection"]["rule"]
+    tested = metrics.read_epoch_metrics(made_run["run_dir"], "test", 2)
+    rows = {r["attribute"]: r for r in view["attributes"]}
+    assert list(rows) == list(ATTRIBUTES)
+    assert all(rows[a]["accuracy"] == pytest.approx(tested["attributes"][a]["accuracy"]) for a in ATTRIBUTES)
+    assert view["current"]["is_this_run"] and all(r["current"] is None for r in view["attributes"])
+    assert view["progress"]["validated"] == 3 and view["progress"]["planned"] == 3
+    assert all(view["downloads"].values())
+
+
+def test_subgroup_accuracy_counts_each_group_directly(made_run):
+    scores, labels = made_run["scores"], made_run["labels"]
+    rows = {r["group"]: r for r in data.subgroups(made_run["run_dir"], 2)}
+    assert set(rows) == {"women", "men", "young", "not young"}
+    for group, attribute, value in (("women", "Male", -1), ("men", "Male", 1), ("young", "Young", 1),
+                                    ("not young", "Young", -1)):
+        column = ATTRIBUTES.index(attribute)
+        keep = labels[:, column] == value
+        others = [k for k in range(len(ATTRIBUTES)) if k != column]
+        expected = get_accuracy(scores[keep][:, others], labels[keep][:, others])[1]
+        assert rows[group]["images"] == keep.sum()
+        assert rows[group]["mean_accuracy"] == pytest.approx(expected)
+
+
+def test_runs_table_lists_the_run_and_marks_the_current_model(made_run):
+    (row,) = data.runs_table(made_run["store"])
+    assert (row["id"], row["status"], row["best_epoch"], row["epochs_done"], row["epochs_planned"]) == \
+        ("manual__ui", "success", 2, 3, 3)
+    assert row["current"] and row["val_mean_accuracy"] == VAL[2] and row["arch"] == "resnet18"
+
+
+@pytest.mark.parametrize("name", ["../store.db", "report/../config.json", "checkpoints/epoch_1.pt", "split.csv",
+                                  "/etc/passwd", "report/.hidden", "report/sub/x.png", "%2e%2e/store.db"])
+def test_only_offered_files_can_be_downloaded(made_run, name):
+    run = made_run["store"].run("manual__ui")
+    with pytest.raises(data.NotFound):
+        data.download_path(run, name)
+
+
+def test_a_symlink_out_of_the_run_folder_is_not_served(made_run):
+    outside = made_run["outside"]
+    outside.mkdir()
+    (outside / "passwords.txt").write_text("secret")
+    layout = RunLayout(made_run["run_dir"])
+    (layout.report / "leak.txt").symlink_to(outside / "passwords.txt")
+    layout.model.unlink()
+    layout.model.symlink_to(outside / "passwords.txt")
+    run = made_run["store"].run("manual__ui")
+    for name in ("report/leak.txt", "model.pt"):
+        with pytest.raises(data.NotFound, match="leads out of the run folder"):
+            data.download_path(run, name)
+    assert data.download_path(run, "config.json") == layout.config.resolve()
+
+
+def test_a_run_folder_outside_the_data_roots_is_not_read(made_run, monkeypatch, tmp_path):
+    monkeypatch.setenv("FACEATTR_DATA_ROOTS", str(tmp_path / "elsewhere"))
+    run = made_run["store"].run("manual__ui")
+    assert data.run_folder(run) is None
+    with pytest.raises(data.NotFound, match="not readable"):
+        data.download_path(run, "model.pt")
+
+
+@pytest.mark.parametrize("run_id", ["../x", "a/b", "", ".hidden", "x" * 201, "run id"])
+def test_malformed_run_ids_are_refused(run_id):
+    with pytest.raises(ValueError, match="run id"):
+        data.check_run_id(run_id)
+
+
+def test_pages_show_the_figures_and_escape_what_they_show(made_run):
+    store = made_run["store"]
+    store.upsert_scoring_job("job-<script>", status="success", model_run_id="manual__ui", model_epoch=2,
+                             output_csv="/x/<script>alert(1)</script>.csv")
+    html = pages.run_page(data.run_view(store, "manual__ui"))
+    assert "<script>alert(1)" not in html and "&lt;script&gt;alert(1)" in html
+    assert "0.8600" in html and "manual__ui/files/model.pt" in html and "<svg" in html
+    assert "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")  # nothing loaded from elsewhere
+
+
+def test_line_chart_draws_every_point_with_its_value():
+    svg = charts.line_chart([charts.Series("val", [(1, 0.5), (2, 0.75)])], title="t", x_label="epoch", y_label="acc")
+    assert svg.count("<circle") == 2 and "epoch 2: 0.7500" in svg
+    assert "no data yet" in charts.line_chart([charts.Series("val", [])], title="t", x_label="x", y_label="y")
+    assert charts.nice_ticks(0.0, 1.0) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+
+
+def test_permissions_of_the_plugin_module_stay_light():
+    """Airflow imports the plugin module in every task process: it must not pull in the app or torch."""
+    import subprocess
+    import sys
+
+    code = "import sys, faceattr.ui.plugin; print(sorted(m for m in ('torch', 'fastapi', 'faceattr.ui.app') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ}, cwd=Path(__file__).parent)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
