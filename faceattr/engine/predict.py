@@ -5,6 +5,16 @@ The output is what the write-up delivered for its private set: a pandas `to_csv`
 seen ends up in exactly one place: a row of the CSV, or a row of `<out stem>.errors.csv`
 (image_id, reason) when it cannot be read as an image. Only hidden files and folders (names
 starting with "." and macOS's __MACOSX) are ignored.
+
+- image_id is the file's path relative to the folder (or its zip entry name). A name whose bytes
+  are not UTF-8 is written with each such byte as \\xNN, and every backslash in a name is written
+  as \\\\, so the name is always recoverable (`file_name(image_id)` undoes it).
+- Symlinks are followed, to files and to folders; a linked folder's files are listed under the
+  link's name. A link to a folder inside the scored folder, or to a folder already listed (a
+  loop), is not followed twice: it gets one error row.
+- With `roots` (FACEATTR_DATA_ROOTS, the DAG's scoring), every file's resolved path is checked
+  against them before it is opened; a file or link leading outside gets the error row
+  faceattr.data.access.REFUSED_OUTSIDE, the same whatever lies there.
 """
 from __future__ import annotations
 
@@ -12,15 +22,16 @@ import io
 import logging
 import os
 import re
-import warnings
 import zipfile
 from collections import Counter
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from faceattr.data.jpeg import JpegDecoder, RawJpegs, plain_jpeg  # noqa: F401 - plain_jpeg: tests, bench
 from faceattr.fsutil import atomic_path
 from faceattr.attributes import ATTRIBUTES
+from faceattr.data.access import REFUSED_OUTSIDE, inside
 
 log = logging.getLogger(__name__)
 
@@ -36,25 +47,38 @@ def predict(
     scores: bool = False,
     batch_size: int = 128,
     device: str | None = None,
+    timings: dict | None = None,
+    roots: list[Path] | None = None,
 ) -> dict:
     """Predict the 40 attributes of every image in `images` (a folder or a .zip) into `out_csv`.
 
     With `scores`, the raw model outputs are added as "<name>_score" columns. Returns the
-    counts: images (files seen) = rows (predicted) + errors (unreadable).
+    counts: images (files seen) = rows (predicted) + errors (unreadable). A `timings` dict is
+    filled with the parts of the wall time (seconds): load_s (model to the device), first_batch_s
+    (loader start and first batch), loop_s, write_s, and steady_images_per_second (after the
+    first batch), so a benchmark can tell fixed costs from the rate.
     """
+    import time
+
     import pandas as pd
     import torch
     from torch.utils.data import DataLoader
 
     from faceattr.engine.evaluate import prepare_for_inference
     from faceattr.model import load_model_file
-    from faceattr.runtime import Progress, resolve_device, resolve_num_workers
+    from faceattr.progress import Progress
+    from faceattr.runtime import resolve_device, resolve_num_workers
 
+    started = time.perf_counter()
     model_path, images, out_csv = Path(model_path), Path(images), Path(out_csv)
     if batch_size < 1:
         raise ValueError(f"batch_size: {batch_size} must be at least 1")
     errors_csv = out_csv.with_name(out_csv.stem + ".errors.csv")
+    for path in (out_csv, errors_csv):  # before any scoring work, not after it
+        _check_output(path)
     device = resolve_device(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # every full batch has the same shape
 
     model, info = load_model_file(model_path)
     if list(info["attributes"]) != list(ATTRIBUTES):
@@ -63,51 +87,60 @@ def predict(
 
     # On CUDA, workers only read the bytes of plain JPEGs and nvjpeg decodes each batch on the GPU.
     raw_jpeg = device.type in DEVICE_DECODE
-    dataset = ImageFiles.from_path(images, transform=_transform(info), exclude=(out_csv, errors_csv), raw_jpeg=raw_jpeg)
+    dataset = ImageFiles.from_path(images, transform=_transform(info), exclude=(out_csv, errors_csv), raw_jpeg=raw_jpeg,
+                                   roots=roots)
     total = len(dataset)
     batches = -(-total // batch_size)
     # Decoding JPEGs is the CPU-bound part: spread it over worker processes when there is more
     # than one batch to overlap with the model.
     workers = min(resolve_num_workers(-1), batches) if batches > 1 else 0
+    # Raw JPEG bytes are not pinned: nvjpeg reads plain host memory, and pinning costs a copy.
     loader = DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-        collate_fn=collate_images, pin_memory=device.type == "cuda",
+        collate_fn=collate_images, pin_memory=device.type == "cuda" and not raw_jpeg,
     )
 
     model = prepare_for_inference(model, device)
+    decoder = JpegDecoder(device, info["image_size"], info["mean"], info["std"], _transform(info)) if raw_jpeg else None
     all_scores = np.zeros((total, len(ATTRIBUTES)), dtype=np.float32)
     failures: dict[int, str] = {}
     progress = Progress(total, f"predict {images.name}")
+    loop_start = time.perf_counter()
 
     def model_batches():
         """(indices, images) for the model; unreadable files are recorded in `failures` on the way."""
         for indices, batch, errors, raw in loader:
-            seen = len(indices) + len(errors) + len(raw)
+            seen = len(indices) + len(errors) + len(raw.indices)
             if len(indices):
                 yield indices, batch
-            if raw:
-                decoded_indices, decoded, raw_errors = decode_jpeg_batch(raw, device, info)
+            if len(raw.indices):
+                decoded_indices, decoded, raw_errors = decoder.decode(raw)
                 errors = errors + raw_errors
                 if len(decoded_indices):
                     yield decoded_indices, decoded
             failures.update(errors)
             progress.update(seen)
 
+    first_done = None  # (seconds, images) when the first batch's scores were back
     with torch.inference_mode():
         # One batch in flight: the next batch is decoded (on CUDA, nvjpeg's CPU stage) while the
         # device still runs the model on the previous one; its scores are fetched only then.
-        in_flight = None
+        in_flight, done = None, 0
         for indices, images in model_batches():
             if in_flight is not None:
                 all_scores[in_flight[0].numpy()] = in_flight[1].cpu().numpy()
+                done += len(in_flight[0])
+                first_done = first_done or (time.perf_counter(), done)
             in_flight = (indices, _run_model(model, images, device))
         if in_flight is not None:
             all_scores[in_flight[0].numpy()] = in_flight[1].cpu().numpy()
+            done += len(in_flight[0])
+    loop_end = time.perf_counter()
     progress.close()
     dataset.close()
 
     ok = np.array([i for i in range(total) if i not in failures], dtype=np.int64)
-    image_ids = pd.Index([dataset.image_ids[i] for i in ok], name="image_id")
+    image_ids = pd.Index([csv_name(dataset.image_ids[i]) for i in ok], name="image_id")
     table = pd.DataFrame(
         np.where(all_scores[ok] >= thresholds, 1, -1).astype(np.int8), index=image_ids, columns=list(ATTRIBUTES)
     )
@@ -115,7 +148,8 @@ def predict(
         raw = pd.DataFrame(all_scores[ok], index=image_ids, columns=[f"{name}_score" for name in ATTRIBUTES])
         table = pd.concat([table, raw], axis=1)
     error_table = pd.DataFrame(
-        {"image_id": [dataset.image_ids[i] for i in sorted(failures)], "reason": [failures[i] for i in sorted(failures)]}
+        {"image_id": [csv_name(dataset.image_ids[i]) for i in sorted(failures)],
+         "reason": [failures[i] for i in sorted(failures)]}
     )
     with atomic_path(out_csv) as tmp:
         table.to_csv(tmp, float_format="%.6f")
@@ -123,6 +157,16 @@ def predict(
         error_table.to_csv(tmp, index=False)
     if failures:
         log.warning("%d of %d file(s) could not be read; see %s", len(failures), total, errors_csv)
+    if timings is not None:
+        first_s, first_images = first_done or (loop_end, done)
+        timings.update({
+            "load_s": loop_start - started,
+            "first_batch_s": first_s - loop_start,
+            "loop_s": loop_end - loop_start,
+            "write_s": time.perf_counter() - loop_end,
+            "steady_images_per_second": (done - first_images) / (loop_end - first_s) if loop_end > first_s else None,
+            "device_decode": decoder is not None and decoder.enabled,
+        })
     return {"images": total, "rows": len(ok), "errors": len(failures), "csv": str(out_csv), "errors_csv": str(errors_csv)}
 
 
@@ -134,8 +178,10 @@ class ImageFiles:
     """
 
     def __init__(self, image_ids: list[str], transform, *, folder: Path | None = None, archive: Path | None = None,
-                 raw_jpeg: bool = False):
+                 raw_jpeg: bool = False, roots: list[Path] | None = None, refused: dict[str, str] | None = None):
         self.image_ids = image_ids
+        self.roots = roots  # files of a folder are opened only if they resolve inside these
+        self.refused = refused or {}  # entries the listing refused: image_id -> reason
         self.transform = transform
         self.raw_jpeg = raw_jpeg  # plain JPEGs come back undecoded, as a uint8 tensor of their bytes
         self.folder = folder
@@ -144,12 +190,14 @@ class ImageFiles:
         self._zip_pid: int | None = None
 
     @classmethod
-    def from_path(cls, images: Path, transform, exclude=(), raw_jpeg: bool = False) -> "ImageFiles":
+    def from_path(cls, images: Path, transform, exclude=(), raw_jpeg: bool = False,
+                  roots: list[Path] | None = None) -> "ImageFiles":
         if not images.exists():
             raise FileNotFoundError(f"{images}: no such folder or zip file")
         if images.is_dir():
-            ids = list_folder(images, exclude=exclude)
-            dataset = cls(ids, transform, folder=images, raw_jpeg=raw_jpeg)
+            refused: dict[str, str] = {}
+            ids = sorted([*list_folder(images, exclude=exclude, roots=roots, refused=refused), *refused])
+            dataset = cls(ids, transform, folder=images, raw_jpeg=raw_jpeg, roots=roots, refused=refused)
         elif zipfile.is_zipfile(images):
             ids = list_zip(images)
             dataset = cls(ids, transform, archive=images, raw_jpeg=raw_jpeg)
@@ -166,14 +214,17 @@ class ImageFiles:
         from faceattr.data.images import ImageError, open_image
 
         image_id = self.image_ids[index]
+        if image_id in self.refused:
+            return index, None, self.refused[image_id]
+        if self.archive is None and self.roots is not None and not inside(os.path.realpath(self.folder / image_id),
+                                                                            self.roots):
+            return index, None, REFUSED_OUTSIDE  # checked before the file is opened, and again here (a swap)
         try:
             source = self._read_entry(image_id) if self.archive is not None else self.folder / image_id
             if self.raw_jpeg:
                 data = source.getvalue() if self.archive is not None else _read_file(source, image_id)
                 if data is not None and plain_jpeg(data):
-                    import torch
-
-                    return index, torch.frombuffer(bytearray(data), dtype=torch.uint8), RAW_JPEG
+                    return index, data, RAW_JPEG  # bytes: collate_images packs a batch's into one tensor
                 if data is not None:
                     source = io.BytesIO(data)
             image = open_image(source, name=image_id)
@@ -210,6 +261,8 @@ def _run_model(model, images, device):
     from faceattr.runtime import autocast
 
     if device.type == "cuda":
+        if images.device.type == "cpu":  # PIL-decoded files: pinned, or the copy would wait for the GPU
+            images = images.pin_memory()
         images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
     else:
         images = images.to(device)
@@ -218,15 +271,15 @@ def _run_model(model, images, device):
 
 
 def collate_images(items):
-    """Stack the decoded images of a batch; pass failures as (index, reason), undecoded JPEGs as (index, bytes)."""
+    """Stack the decoded images of a batch; pass failures as (index, reason), undecoded JPEGs packed as RawJpegs."""
     import torch
 
     good = [(index, tensor) for index, tensor, reason in items if tensor is not None and reason != RAW_JPEG]
     errors = [(index, reason) for index, tensor, reason in items if tensor is None]
-    raw = [(index, tensor) for index, tensor, reason in items if reason == RAW_JPEG]
+    raw = [(index, data) for index, data, reason in items if reason == RAW_JPEG]
     indices = torch.tensor([index for index, _ in good], dtype=torch.long)
     batch = torch.stack([tensor for _, tensor in good]) if good else torch.empty(0)
-    return indices, batch, errors, raw
+    return indices, batch, errors, RawJpegs.pack([index for index, _ in raw], [data for _, data in raw])
 
 
 # -- decoding JPEG batches on the device ----------------------------------------------------------
@@ -234,7 +287,7 @@ def collate_images(items):
 # CUDA) instead of PIL in the workers. Anything unusual takes the PIL path (open_image), so every
 # file keeps the same outcome and the same error reason.
 DEVICE_DECODE = ("cuda",)
-RAW_JPEG = "<raw jpeg>"  # the reason slot of an item whose tensor holds undecoded JPEG bytes
+RAW_JPEG = "<raw jpeg>"  # the reason slot of an item that holds a plain JPEG's bytes, undecoded
 
 
 def _read_file(path: Path, image_id: str) -> bytes | None:
@@ -251,105 +304,46 @@ def _read_file(path: Path, image_id: str) -> bytes | None:
         raise ImageError(f"{image_id}: cannot read the file ({exc})") from None
 
 
-def plain_jpeg(data: bytes) -> bool:
-    """True for a complete baseline RGB or grayscale JPEG that needs no EXIF rotation.
-
-    Only those go to the batched device decoder: they decode there to the same pixels PIL gives.
-    CMYK, truncated (no end marker), rotated, oversized or odd files go through open_image, which
-    converts them or names the problem. Reads only the header.
-    """
-    from PIL import Image
-
-    if not (data.startswith(b"\xff\xd8\xff") and data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9")):
-        return False
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-            return (
-                image.format == "JPEG"
-                and image.mode in ("RGB", "L")
-                and not image.info.get("progressive", False)
-                and width * height <= (Image.MAX_IMAGE_PIXELS or float("inf"))
-                and image.getexif().get(0x0112, 1) == 1
-            )
-    except Exception:  # noqa: BLE001 - any header problem: let open_image report it
-        return False
-
-
-def decode_jpeg_batch(raw, device, info: dict):
-    """Decode (index, JPEG bytes) pairs on `device`; returns (indices, normalised N x 3 x H x W, errors).
-
-    One batched decode_jpeg call; if it fails (one bad image fails the batch), each image is
-    decoded alone, and any that still fails goes through open_image on the CPU, which either
-    reads it or gives the reason for the errors file. Images not of the model's size are resized
-    (bilinear, antialiased) as the PIL path does.
-    """
-    import torch
-    from torchvision.io import ImageReadMode, decode_jpeg
-
-    from faceattr.data.images import ImageError, open_image
-
-    datas = [data for _, data in raw]
-    with warnings.catch_warnings():
-        # torchvision 0.29 marks its decoders deprecated in favour of TorchCodec; they still work.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        try:
-            decoded = decode_jpeg(datas, mode=ImageReadMode.RGB, device=device)
-        except RuntimeError:
-            decoded = []
-            for data in datas:
-                try:
-                    decoded.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
-                except RuntimeError:
-                    decoded.append(None)
-
-    width, height = info["image_size"]
-    transform = _transform(info)
-    pixel_indices, pixels, pil_indices, pil_images, errors = [], [], [], [], []
-    for (index, data), image in zip(raw, decoded):
-        if image is not None:
-            if tuple(image.shape[1:]) != (height, width):  # rare: not CelebA's size
-                image = torch.nn.functional.interpolate(
-                    image[None].float(), size=(height, width), mode="bilinear", antialias=True
-                )[0].round_().clamp_(0, 255).to(torch.uint8)
-            pixel_indices.append(index)
-            pixels.append(image)
-            continue
-        try:
-            pil_image = open_image(io.BytesIO(data.numpy().tobytes()), name=str(index))
-        except ImageError as exc:
-            errors.append((index, str(exc).removeprefix(f"{index}: ")))
-            continue
-        pil_indices.append(index)
-        pil_images.append(transform(pil_image))
-
-    parts = []
-    if pixels:
-        mean = torch.tensor(info["mean"], device=device).view(1, 3, 1, 1) * 255
-        scale = 1 / (torch.tensor(info["std"], device=device).view(1, 3, 1, 1) * 255)
-        parts.append((torch.stack(pixels).float() - mean) * scale)
-    if pil_images:
-        parts.append(torch.stack(pil_images).to(device))
-    indices = torch.tensor(pixel_indices + pil_indices, dtype=torch.long)
-    if not parts:
-        return indices, torch.empty(0), errors
-    batch = torch.cat(parts)
-    if device.type == "cuda":
-        batch = batch.contiguous(memory_format=torch.channels_last)
-    return indices, batch, errors
-
-
-def list_folder(folder: Path, exclude=()) -> list[str]:
-    """Relative POSIX paths of every non-hidden file under `folder`, sorted."""
+def list_folder(folder: Path, exclude=(), roots: list[Path] | None = None,
+                refused: dict[str, str] | None = None) -> list[str]:
+    """Every non-hidden file under `folder` as a relative POSIX path, sorted. Entries refused on the
+    way go into `refused` ({relative path: reason}); the module docstring gives the rules."""
     excluded = {Path(p).resolve() for p in exclude}
-    found = []
-    for directory, subdirs, files in os.walk(folder):
-        subdirs[:] = [d for d in subdirs if not _hidden(d)]
-        for name in files:
-            path = Path(directory) / name
-            if _hidden(name) or path.resolve() in excluded:
+    top = os.path.realpath(folder)
+    found: list[str] = []
+    refused = {} if refused is None else refused
+    listed = {top}  # real folders whose files are listed: a link to one of them is not followed again
+    pending = [(folder, "")]
+    while pending:
+        directory, prefix = pending.pop()
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError as exc:
+            refused[prefix.rstrip("/") or "."] = f"cannot list the folder ({exc.strerror})"
+            continue
+        for entry in entries:
+            if _hidden(entry.name):
                 continue
-            found.append(path.relative_to(folder).as_posix())
+            relative = prefix + entry.name
+            if entry.is_symlink():
+                target = os.path.realpath(entry.path)
+                if roots is not None and not inside(target, roots):
+                    refused[relative] = REFUSED_OUTSIDE  # decided before anything about the target is read
+                elif os.path.isdir(target):
+                    if target in listed or inside(target, [Path(top)]):
+                        refused[relative] = "symlink to a folder whose files are already listed; not followed twice"
+                    else:
+                        listed.add(target)
+                        pending.append((entry.path, relative + "/"))
+                elif Path(target) not in excluded:
+                    found.append(relative)  # a file, or a dangling link: reading it says which
+            elif entry.is_dir(follow_symlinks=False):
+                listed.add(os.path.realpath(entry.path))
+                pending.append((entry.path, relative + "/"))
+            elif not entry.is_file(follow_symlinks=False):
+                refused[relative] = "not a regular file (a device, pipe or socket)"
+            elif Path(entry.path).resolve() not in excluded:
+                found.append(relative)
     return sorted(found)
 
 
@@ -371,6 +365,31 @@ def list_zip(archive: Path) -> list[str]:
     if duplicates:
         raise ValueError(f"{archive}: refused: duplicate entries {', '.join(duplicates[:5])}")
     return sorted(kept)
+
+
+def csv_name(name: str) -> str:
+    """The image_id written for a file name: backslashes doubled, bytes that are not UTF-8 as \\xNN."""
+    raw = os.fsencode(name) if isinstance(name, str) else name
+    return raw.replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace")
+
+
+def file_name(image_id: str) -> str:
+    """The file name (as os functions take it) that `csv_name` wrote as `image_id`."""
+    raw = re.sub(rb"\\(\\|x[0-9a-f]{2})", lambda m: b"\\" if m.group(1) == b"\\" else bytes.fromhex(
+        m.group(1)[1:].decode()), image_id.encode("utf-8"))
+    return os.fsdecode(raw)
+
+
+def _check_output(path: Path) -> None:
+    """Refuse an output file that cannot be written, naming it, before any image is scored."""
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a folder; give the path of the .csv file to write")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OSError(exc.errno, f"{path}: cannot create its folder ({exc.strerror})") from None
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"{path}: its folder {path.parent} is not writable")
 
 
 def _hidden(name: str) -> bool:
