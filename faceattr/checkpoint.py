@@ -4,16 +4,23 @@ A `.pt` file is a pickle, and unpickling can run arbitrary code. Every load here
 `torch.load(weights_only=True)`, whose restricted unpickler accepts only tensors, numbers,
 strings, lists, tuples and dicts; anything else is refused with `UnsafeCheckpointError`.
 `save_checkpoint` checks the same rule before writing, so what we save we can always load.
+
+Beside every file it saves goes `<file>.sha256` (faceattr.fsutil's digest, the same sha256 the
+object-store manifest records); `load_checkpoint` checks it before unpickling, so a corrupted or
+edited file is refused instead of loading with changed weights. Files saved before digests were
+kept have none and load as they are.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import pickle
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from faceattr.fsutil import atomic_path
+from faceattr.fsutil import atomic_path, verify_digest, write_digest
 
 # Plain values a checkpoint may hold besides tensors and containers.
 _SCALARS = (bool, int, float, str, type(None))
@@ -31,22 +38,33 @@ def save_checkpoint(obj: dict, path: str | os.PathLike) -> Path:
         raise TypeError(f"{path}: a checkpoint must be a dict, got {type(obj).__name__}")
     _check_plain(obj, "checkpoint")
     path = Path(path)
+    # Serialised in memory, then written with plain file writes: torch.save's own writer reports a
+    # full disk as "enforce fail ... unexpected pos", this one as "no space left on device" (OSError).
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    data = buffer.getbuffer()
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    write_digest(path, hashlib.sha256(data).hexdigest())
     return path
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     """Load a checkpoint dict with torch.load(weights_only=True).
 
-    Raises FileNotFoundError if absent, UnsafeCheckpointError if it carries a pickled object
-    that would execute code, ValueError if it is not a readable checkpoint dict.
+    Raises FileNotFoundError if absent, ChecksumError if it does not match its `.sha256`,
+    UnsafeCheckpointError if it carries a pickled object that would execute code, ValueError if
+    it is not a readable checkpoint dict.
     """
     import torch
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
+    verify_digest(path)  # ChecksumError (a ValueError) names the file and its digest
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:

@@ -96,11 +96,14 @@ def cmd_select(args: argparse.Namespace) -> Any:
 
 
 def cmd_predict(args: argparse.Namespace) -> Any:
+    from faceattr import settings
+    from faceattr.data.access import data_roots
     from faceattr.engine.predict import predict
 
     return predict(
         _model_file(args.model), Path(args.images), Path(args.out),
         scores=args.scores, batch_size=args.batch_size, device=args.device,
+        roots=data_roots() if settings.data_roots() else None,  # the DAG's rule, where it is configured
     )
 
 

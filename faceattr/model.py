@@ -150,6 +150,18 @@ def load_model_file(path: str | os.PathLike, map_location: Any = "cpu") -> tuple
     return model, info
 
 
+def check_run_model(info: dict, path: str | os.PathLike, run_dir: str | os.PathLike, *, arch: str, epoch: int) -> None:
+    """Refuse a model file that is not this run's selected model: another run's (by its run
+    folder's name, which stays the same when a worker pulls the folder elsewhere), another arch's,
+    or another epoch's than the one best.json names."""
+    found = {"run": Path(str(info.get("run", ""))).name, "arch": info.get("arch"), "epoch": info.get("epoch")}
+    expected = {"run": Path(run_dir).resolve().name, "arch": arch, "epoch": epoch}
+    wrong = [f"{key} {found[key]!r}, expected {expected[key]!r}" for key in expected if found[key] != expected[key]]
+    if wrong:
+        raise ValueError(f"{path}: not this run's selected model ({'; '.join(wrong)}); run 'faceattr select "
+                         f"--run {run_dir}' to export it again")
+
+
 def export_model(path: str | os.PathLike, state_dict: dict, config: "RunConfig", *, epoch: int, thresholds,
                  run: str, val_mean_accuracy: float) -> Path:
     """Write the inference artifact (model.pt, read by load_model_file): weights plus everything needed to use them."""

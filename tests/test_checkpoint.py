@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from faceattr.checkpoint import UnsafeCheckpointError, load_checkpoint, save_checkpoint
+from faceattr.fsutil import ChecksumError, NoSpaceError, digest_path, sha256_of
 
 
 class _WritesMarker:
@@ -45,8 +46,8 @@ def test_round_trip_keeps_tensors_and_plain_values(tmp_path):
         assert torch.equal(loaded["model"][key], tensor)
     assert torch.equal(loaded["rng"]["torch"], original["rng"]["torch"])
     assert loaded["optimizer"]["param_groups"][0]["lr"] == 1e-3
-    # Nothing but the checkpoint is left in the folder: no temporary files.
-    assert sorted(p.name for p in path.parent.iterdir()) == ["epoch_3.pt"]
+    # Nothing but the checkpoint and its digest is left in the folder: no temporary files.
+    assert sorted(p.name for p in path.parent.iterdir()) == ["epoch_3.pt", "epoch_3.pt.sha256"]
 
 
 def test_code_carrying_pickle_is_refused_and_never_runs(tmp_path):
@@ -127,4 +128,39 @@ def test_save_replaces_atomically(tmp_path):
     save_checkpoint({"v": torch.zeros(2)}, target)
     save_checkpoint({"v": torch.ones(2)}, target)
     assert torch.equal(load_checkpoint(target)["v"], torch.ones(2))
-    assert [p.name for p in tmp_path.iterdir()] == ["epoch_1.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_1.pt", "epoch_1.pt.sha256"]
+
+
+def test_flipped_bytes_are_refused_by_the_digest(tmp_path):
+    path = save_checkpoint({"weights": torch.ones(100_000)}, tmp_path / "model.pt")
+    assert digest_path(path).read_text() == f"{sha256_of(path)}  model.pt\n"  # sha256sum -c reads it too
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 64] = bytes(64)  # inside the tensor's bytes: still a loadable file
+    path.write_bytes(bytes(data))
+    with pytest.raises(ChecksumError, match=r"model.pt: sha256 [0-9a-f]{64} does not match .*model.pt.sha256"):
+        load_checkpoint(path)
+    # Without its digest (a file saved before digests were kept) it loads, changed: what the digest prevents.
+    digest_path(path).unlink()
+    assert not torch.equal(load_checkpoint(path)["weights"], torch.ones(100_000))
+
+
+def test_a_full_disk_is_named_not_a_torch_internal_error(tmp_path, monkeypatch):
+    """torch.save's own writer turns ENOSPC into 'enforce fail ... unexpected pos'; the checkpoint
+    is written with plain file writes, so a full disk (here /dev/full's) says so and names the file."""
+    import builtins
+
+    real_open = builtins.open
+
+    def full_disk(file, mode="r", *args, **kwargs):
+        if "w" in mode and str(file).startswith(str(tmp_path)):
+            return real_open("/dev/full", mode, *args, **kwargs)
+        return real_open(file, mode, *args, **kwargs)
+
+    path = tmp_path / "checkpoints" / "epoch_1.pt"
+    monkeypatch.setattr(builtins, "open", full_disk)
+    with pytest.raises(NoSpaceError, match=r"epoch_1.pt: no space left on device"):
+        save_checkpoint(_training_like_checkpoint(), path)
+    monkeypatch.undo()
+    assert list(path.parent.iterdir()) == []  # nothing half-written
+

@@ -6,7 +6,10 @@ import stat
 
 import pytest
 
-from faceattr.fsutil import atomic_path, read_json, write_json
+import errno
+import time
+
+from faceattr.fsutil import NoSpaceError, atomic_path, read_json, write_json, write_text
 
 
 def test_failed_write_leaves_target_and_no_temp(tmp_path):
@@ -34,3 +37,36 @@ def test_read_json_names_the_file(tmp_path):
     bad.write_text("{")
     with pytest.raises(ValueError, match="bad.json: not valid JSON"):
         read_json(bad)
+
+
+def test_a_full_disk_names_the_file_and_leaves_nothing(tmp_path):
+    target = tmp_path / "predictions.csv"
+    write_text(target, "old\n")
+    with pytest.raises(NoSpaceError, match=r"predictions.csv: no space left on device") as caught:
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            with open("/dev/full", "wb") as full:  # the kernel's own ENOSPC
+                full.write(b"x" * 10)
+                full.flush()
+    assert caught.value.errno == errno.ENOSPC and isinstance(caught.value, OSError)
+    assert target.read_text() == "old\n" and os.listdir(tmp_path) == ["predictions.csv"]
+
+
+def test_stale_temp_files_go_when_the_next_write_succeeds(tmp_path):
+    target = tmp_path / "best.json"
+    stale = tmp_path / ".best.json.tmp-killed"  # a writer killed mid-write, minutes ago
+    stale.write_text("{")
+    old = time.time() - 600
+    os.utime(stale, (old, old))
+    fresh = tmp_path / ".best.json.tmp-writing"  # another write still under way
+    fresh.write_text("{")
+    other = tmp_path / ".other.json.tmp-killed"  # another file's leftover: not this write's business
+    other.write_text("{")
+    os.utime(other, (old, old))
+    with pytest.raises(RuntimeError):
+        with atomic_path(target):
+            raise RuntimeError("a failed write removes nothing")
+    assert stale.exists()
+    write_json(target, {"epoch": 1})
+    assert sorted(os.listdir(tmp_path)) == [".best.json.tmp-writing", ".other.json.tmp-killed", "best.json"]
+

@@ -2,7 +2,8 @@
 
 Anyone who can trigger a DAG can type a path into its form, so every path a DAG reads or writes
 must lie under one of the roots in FACEATTR_DATA_ROOTS (os.pathsep-separated, like PATH).
-Paths are checked after resolving symlinks and '..', before anything is read or written.
+Paths are checked after resolving symlinks and '..', before anything is read or written; when
+a folder is scored, every file in it is checked the same way before it is opened (`inside`).
 Light on purpose: the DAG files import it at parse time.
 """
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-ROOTS_ENV = "FACEATTR_DATA_ROOTS"
+from faceattr import settings
+
+ROOTS_ENV = settings.DATA_ROOTS
 
 
 class AccessError(ValueError):
@@ -20,7 +23,7 @@ class AccessError(ValueError):
 def data_roots(value: str | None = None) -> list[Path]:
     """The allowed roots, resolved; `value` defaults to $FACEATTR_DATA_ROOTS."""
     if value is None:
-        value = os.environ.get(ROOTS_ENV, "")
+        value = settings.data_roots()
     roots = [Path(os.path.realpath(Path(part).expanduser())) for part in value.split(os.pathsep) if part.strip()]
     if not roots:
         raise AccessError(
@@ -51,10 +54,21 @@ def check_path(path: str | os.PathLike, what: str = "path", *, roots: list[Path]
         raise AccessError(f"{what}: {text!r} is not an absolute path; give a full path under {_listing(roots)}")
     # realpath follows every symlink and folds '..', so neither can step outside a root.
     resolved = Path(os.path.realpath(candidate))
-    if not any(resolved == root or resolved.is_relative_to(root) for root in roots):
+    if not inside(resolved, roots):
         shown = text if str(resolved) == text else f"{text!r} (resolves to {resolved})"
         raise AccessError(f"{what}: {shown} is outside the allowed data roots {_listing(roots)} ({ROOTS_ENV})")
     return resolved
+
+
+def inside(resolved: str | os.PathLike, roots: list[Path]) -> bool:
+    """Whether a path already resolved (os.path.realpath) lies under one of `roots`."""
+    resolved = Path(resolved)
+    return any(resolved == root or resolved.is_relative_to(root) for root in roots)
+
+
+# The error row of a file inside an allowed folder whose link leads outside the roots. The same
+# words whatever lies there (a file, a folder, nothing), so the errors file reveals nothing about it.
+REFUSED_OUTSIDE = f"refused: the link leads outside the allowed data roots ({ROOTS_ENV})"
 
 
 def _listing(roots: list[Path]) -> str:

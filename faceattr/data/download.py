@@ -33,7 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from faceattr.fsutil import read_json, write_json
+from faceattr.fsutil import raise_if_full, read_json, write_json
 from faceattr.progress import Progress
 from faceattr.data.labels import OFFICIAL_COUNT, looks_like_html, read_attributes, read_identity, read_partition
 from faceattr.data.layout import ATTR_FILE, IDENTITY_FILE, IMAGES_DIR, IMAGES_ZIP, PARTITION_FILE, celeba_dir
@@ -221,6 +221,8 @@ def _extract(zip_path: Path, origin: str, image_names: set[str], staging: Path) 
             with archive.open(info) as src, open(out / name, "wb") as dst:
                 shutil.copyfileobj(src, dst, CHUNK)
         except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+            if isinstance(exc, OSError):
+                raise_if_full(exc, out / name)  # a full disk is not a corrupt zip
             raise DownloadError(f"{origin}: corrupt zip: entry {info.filename!r}: {exc}") from None
         return info.file_size
 
@@ -269,9 +271,17 @@ def _copy_folder(folder: Path, image_names: set[str], staging: Path) -> Path:
     out.mkdir()
     with Progress(len(present), f"copy {folder}", unit="files", log_every_s=LOG_EVERY_S) as progress:
         for name in present:
-            shutil.copyfile(folder / name, out / name)
+            _copy(folder / name, out / name)
             progress.update(1)
     return out
+
+
+def _copy(source: Path, target: Path) -> None:
+    try:
+        shutil.copyfile(source, target)
+    except OSError as exc:
+        raise_if_full(exc, target)  # shutil's own message names neither file
+        raise
 
 
 def _check_folder(folder: Path, image_names: set[str]) -> None:
@@ -321,7 +331,7 @@ def _fetch(source_id: str, name: str, target: Path) -> bool:
         path = Path(source_id) / name
         if not path.is_file():
             return False
-        shutil.copyfile(path, target)
+        _copy(path, target)
     elif source_id == "gdrive":
         _gdrive_download(name, target)
     else:
@@ -352,6 +362,7 @@ def _http_download(url: str, target: Path) -> bool:
                     out.write(chunk)
                     progress.update(len(chunk))
             except OSError as exc:
+                raise_if_full(exc, target)
                 raise DownloadError(f"{url}: download interrupted ({exc})") from None
     if total is not None and target.stat().st_size != total:
         raise DownloadError(f"{url}: got {target.stat().st_size} bytes of {total}; download again")

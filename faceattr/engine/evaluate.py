@@ -209,7 +209,7 @@ def evaluate_epoch(run_dir: str | Path, epoch: int | str, split: str, device: st
     """
     from faceattr.checkpoint import load_checkpoint
     from faceattr.data.loaders import load_split_frame, make_loader
-    from faceattr.model import build_model, clean_state_dict, load_model_file
+    from faceattr.model import build_model, check_run_model, clean_state_dict, load_model_file
     from faceattr.runtime import resolve_device
 
     if split not in SPLITS:
@@ -223,9 +223,8 @@ def evaluate_epoch(run_dir: str | Path, epoch: int | str, split: str, device: st
             raise FileNotFoundError(f"{layout.best}: no best epoch chosen yet; run 'faceattr select --run {run_dir}'")
         best = run_metrics.read_best(run_dir)
         model, info = load_model_file(layout.model)
+        check_run_model(info, layout.model, run_dir, arch=config.arch, epoch=best["epoch"])  # not another's
         epoch = int(info["epoch"])
-        if best.get("epoch") != epoch:
-            raise ValueError(f"{layout.model} holds epoch {epoch} but {layout.best} names {best.get('epoch')}; rerun select")
         thresholds = info["thresholds"].numpy().astype(np.float64)
     else:
         epoch = _epoch_number(epoch)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from faceattr import settings
-from faceattr.data.access import check_path
+from faceattr.data.access import check_path, data_roots
 from faceattr.orchestration.tasks import now, run_folder, sanitize_run_id, skip, store, summary
 from faceattr.run import metrics
 
@@ -68,7 +68,7 @@ def score(images: str, output: str, model: Mapping[str, Any], *, job_id: str, ba
         opened.upsert_scoring_job(job_id, status="running", started_at=now(), **job)
     try:
         result = predict(Path(model["path"]), images_path, output_path, scores=scores, batch_size=batch_size,
-                         device=None if device in (None, "auto") else device)
+                         device=None if device in (None, "auto") else device, roots=data_roots())
     except Exception as exc:
         with store() as opened:
             opened.upsert_scoring_job(job_id, status="failed", finished_at=now(),

@@ -18,20 +18,19 @@ like every other write in faceattr.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import uuid
 import warnings
 from pathlib import Path
 from typing import Any
 
-from faceattr.fsutil import atomic_path
+from faceattr import settings
+from faceattr.fsutil import atomic_path, file_entry, sha256_of  # one sha256 mechanism: checkpoints too
 
 log = logging.getLogger(__name__)
 
-ENV = "FACEATTR_ARTIFACTS"
+ENV = settings.ARTIFACTS
 FILES, MANIFEST, TEMP = "files", "manifest", "tmp"
 LOCAL_ONLY = {"cache"}  # decoded-image cache: rebuilt per worker, never shipped
 
@@ -42,7 +41,7 @@ class ArtifactError(RuntimeError):
 
 def artifacts_url() -> str | None:
     """$FACEATTR_ARTIFACTS, or None when run folders are local paths."""
-    return os.environ.get(ENV, "").strip().rstrip("/") or None
+    return settings.artifacts()
 
 
 def _filesystem(url: str, storage_options: dict[str, Any] | None):
@@ -55,14 +54,6 @@ def _filesystem(url: str, storage_options: dict[str, Any] | None):
         warnings.simplefilter("ignore", UserWarning)
         fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
     return fs, root.rstrip("/")
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def local_files(run_dir: Path) -> list[str]:
@@ -114,7 +105,7 @@ def push(run_dir: str | Path, url: str | None = None, *, storage_options: dict[s
     uploaded, unchanged, sent = [], 0, 0
     for relative in local_files(run_dir):
         path = run_dir / relative
-        entry = {"sha256": sha256_of(path), "size": path.stat().st_size}
+        entry = file_entry(path)
         if remote.get(relative) == entry:
             unchanged += 1
             continue

@@ -383,3 +383,26 @@ def test_real_sample(celeba_sample, tmp_path):
             extracted = root / "celeba" / "img_align_celeba" / name
             assert extracted.read_bytes() == archive.read(f"img_align_celeba/{name}")
     assert acquire(str(celeba_sample), root)["status"] == "up-to-date"
+
+
+def test_a_full_disk_is_not_a_corrupt_zip(source, tmp_path, monkeypatch):
+    """Extracting onto a full disk (here /dev/full's ENOSPC) says so and names the file, and nothing is trusted."""
+    import builtins
+
+    from faceattr.fsutil import NoSpaceError
+
+    root = tmp_path / "root"
+    real_open = builtins.open
+
+    def full_disk(file, mode="r", *args, **kwargs):
+        if "w" in mode and "img_align_celeba" in str(file):
+            return real_open("/dev/full", mode, *args, **kwargs)
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(download, "open", full_disk, raising=False)
+    with pytest.raises(NoSpaceError, match=r"img_align_celeba/\S+\.jpg: no space left on device"):
+        acquire(str(source), root)
+    monkeypatch.undo()
+    assert not (root / "celeba" / "manifest.json").exists()
+    assert acquire(str(source), root)["status"] == "downloaded"  # space freed: the next run completes
+

@@ -274,9 +274,8 @@ def test_device_jpeg_decode_gives_the_pil_results_and_errors(tmp_path, monkeypat
 
     pil_result, pil_table, pil_errors = run("pil", ())
     calls = []
-    real_decode = predict_module.JpegDecoder.decode
-    monkeypatch.setattr(predict_module.JpegDecoder, "decode",
-                        lambda self, raw: calls.append(len(raw.indices)) or real_decode(self, raw))
+    real_decode = predict_module.decode_jpeg_batch
+    monkeypatch.setattr(predict_module, "decode_jpeg_batch", lambda *a: calls.append(len(a[0])) or real_decode(*a))
     fast_result, fast_table, fast_errors = run("fast", ("cpu",))
 
     assert sum(calls) == 5  # the plain JPEGs: 3 RGB, the grayscale one, the larger one
@@ -389,9 +388,8 @@ def test_cuda_predict_decodes_jpegs_with_nvjpeg_and_keeps_the_errors(tmp_path, m
     model_path = export_model(tmp_path / "model.pt", model.state_dict(), RunConfig(arch="resnet18", weights="none"),
                               epoch=1, thresholds=np.zeros(40, np.float32), run="t", val_mean_accuracy=0.0)
     calls = []
-    real_decode = predict_module.JpegDecoder.decode
-    monkeypatch.setattr(predict_module.JpegDecoder, "decode",
-                        lambda self, raw: calls.append(len(raw.indices)) or real_decode(self, raw))
+    real_decode = predict_module.decode_jpeg_batch
+    monkeypatch.setattr(predict_module, "decode_jpeg_batch", lambda *a: calls.append(len(a[0])) or real_decode(*a))
     gpu = predict_module.predict(model_path, folder, tmp_path / "gpu.csv", scores=True, batch_size=4, device="cuda")
     assert sum(calls) == 6
     cpu = predict_module.predict(model_path, folder, tmp_path / "cpu.csv", scores=True, batch_size=4, device="cpu")
