@@ -223,3 +223,45 @@ def test_published_run_ids_for_the_scoring_form(store, store_url, tmp_path):
     registry.publish(store, _tested_run(tmp_path, "one", 0.80, root=root), actor="t")
     registry.publish(store, _tested_run(tmp_path, "two", 0.70, root=root), actor="t")
     assert registry.published_run_ids(store_url) == ["two", "one"]
+
+
+def test_the_models_commands_and_predict_with_the_champion(store_url, tmp_path, monkeypatch, capsys):
+    """Two runs on the same data, the second worse: the CLI keeps the first as champion, says why,
+    and `faceattr predict --model champion` scores with it; promote and rollback say what changed."""
+    import numpy as np
+    from PIL import Image
+
+    from faceattr.cli import main
+    from faceattr.model import build_model, export_model
+
+    monkeypatch.setenv("FACEATTR_DB_URL", store_url)
+    monkeypatch.delenv("FACEATTR_DATA_ROOTS", raising=False)
+    root = _data_root(tmp_path)
+    runs = {name: _tested_run(tmp_path, name, test, root=root) for name, test in (("first", 0.8681), ("second", 0.8469))}
+    for name, run_dir in runs.items():  # a real model file, so predict can use it
+        config = RunConfig(arch="mobilenet_v3_small", weights="none", freeze_children=0)
+        export_model(RunLayout(run_dir).model, build_model(config.arch, "none", 0).state_dict(), config, epoch=2,
+                     thresholds=np.full(40, -10.0 if name == "first" else 10.0), run=str(run_dir), val_mean_accuracy=0.8)
+    for run_dir in runs.values():
+        assert main(["models", "publish", str(run_dir)]) == 0
+    printed = capsys.readouterr().out
+    assert '"state": "champion"' in printed and '"state": "challenger"' in printed
+    assert main(["models"]) == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert listing[2].split()[:2] == ["champion", "first"]
+    assert "does not beat champion run first: test mean accuracy 0.8469 vs 0.8681" in listing[3]
+
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (178, 218), (120, 90, 60)).save(images / "face.jpg")
+    assert main(["predict", "--model", "champion", "--images", str(images), "--out", str(tmp_path / "out.csv")]) == 0
+    capsys.readouterr()
+    row = (tmp_path / "out.csv").read_text().splitlines()[1].split(",")
+    assert row[1:] == ["1"] * 40  # the first run's thresholds (-10): its model scored the image
+
+    assert main(["models", "promote", "second"]) == 0
+    assert capsys.readouterr().out.strip() == "champion is now run second epoch 2 (was run first epoch 2)"
+    assert main(["models", "rollback"]) == 0
+    assert capsys.readouterr().out.strip() == "champion is now run first epoch 2 (rolled back from run second epoch 2)"
+    assert main(["models", "promote", "ghost"]) == 2
+    assert "run 'ghost': no model recorded" in capsys.readouterr().err
