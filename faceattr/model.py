@@ -199,8 +199,9 @@ def clean_state_dict(state: Any, source: str | os.PathLike) -> dict:
     for key, value in state.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
             raise ValueError(f"{source}: state dict entry {key!r} is not a named tensor")
-        for prefix in _WRAPPER_PREFIXES:
-            key = key.removeprefix(prefix)
+        # Wrappers nest in either order (compile(DDP(m)) saves "_orig_mod.module.x"): strip until none is left.
+        while key.startswith(_WRAPPER_PREFIXES):
+            key = key.removeprefix(next(p for p in _WRAPPER_PREFIXES if key.startswith(p)))
         cleaned[key] = value
     return cleaned
 

@@ -10,6 +10,7 @@ import hashlib
 import logging
 import os
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -40,6 +41,12 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     if device.type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on `device` (CUDA runs asynchronously); nothing to wait for on CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def seed_everything(seed: int) -> None:
@@ -81,6 +88,31 @@ def resolve_num_workers(num_workers: int) -> int:
 def should_compile(compile_flag: bool | None, device: torch.device) -> bool:
     """config.compile: None means on for CUDA, off on CPU (compiling costs more than it saves there)."""
     return device.type == "cuda" if compile_flag is None else compile_flag
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process started (interpreter start-up and imports included), from Linux's
+    /proc; None where that cannot be read."""
+    try:
+        with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
+            # Field 22 (after the parenthesised command name) is the start time in clock ticks since boot.
+            started = int(stat.read().rpartition(")")[2].split()[19]) / os.sysconf("SC_CLK_TCK")
+            return max(0.0, float(uptime.read().split()[0]) - started)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def use_compile_cache(home: Path) -> Path:
+    """Point torch.compile's on-disk caches (inductor's FX-graph and autotuning caches) at
+    HOME/compile-cache/torch-VERSION unless TORCHINDUCTOR_CACHE_DIR is set, so every epoch task of a
+    run, and later runs, reuse the kernels compiled once. Inductor keys each entry by the graph, its
+    inputs and the torch build, so a changed model or torch never loads a stale one; the version
+    folder only keeps caches of old torch versions apart and easy to delete. Returns the folder used."""
+    folder = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if not folder:
+        folder = str(home / "compile-cache" / f"torch-{torch.__version__}")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
+    return Path(folder)
 
 
 def worker_init_fn(worker_id: int) -> None:

@@ -154,3 +154,23 @@ def test_offline_with_an_empty_cache_says_how_to_get_the_weights(tmp_path, monke
     assert str(tmp_path / "torch-home" / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in message
     assert "network unreachable" in message and "'none'" in message
     assert isinstance(caught.value, RuntimeError)  # the CLI reports it as an error, not a traceback
+
+
+@pytest.mark.parametrize("prefix", ["", "module.", "_orig_mod.", "module._orig_mod.", "_orig_mod.module."])
+def test_clean_state_dict_strips_wrapper_prefixes_in_any_order(prefix):
+    # torch.compile(DDP(model)).state_dict() names a key "_orig_mod.module.x"; DDP(compile(model)) "module._orig_mod.x".
+    from faceattr.model import clean_state_dict
+
+    weight, bias = torch.ones(2, 3), torch.zeros(2)
+    cleaned = clean_state_dict({f"{prefix}fc.weight": weight, f"{prefix}fc.bias": bias}, "test")
+    assert cleaned.keys() == {"fc.weight", "fc.bias"} and cleaned["fc.weight"] is weight
+
+
+def test_a_compiled_ddp_state_dict_loads_into_the_plain_model(tmp_path):
+    from faceattr.model import build_model, clean_state_dict
+
+    source = build_model("resnet18", weights="none", freeze_children=0)
+    nested = {f"_orig_mod.module.{k}": v for k, v in source.state_dict().items()}
+    target = build_model("resnet18", weights="none", freeze_children=0)
+    target.load_state_dict(clean_state_dict(nested, tmp_path))  # strict: every key must match
+    assert torch.equal(target.fc.weight, source.fc.weight)

@@ -11,13 +11,13 @@ and takes every N-th image of each, so together the ranks see each global batch 
 averages their gradients. Each rank has its own augmentation stream.
 
 What differs from one process, and why results are close but not equal: random flips and crops
-are drawn per rank, BatchNorm layers in train mode normalise with per-rank batch statistics
-(on CUDA the trainable ones are SyncBatchNorm; on CPU it does not exist), and rank 0's BatchNorm
-running statistics are the ones saved. tests/engine/test_distributed.py states the tolerance.
+are drawn per rank, BatchNorm layers in train mode normalise with per-rank batch statistics (see
+wrap_model), and rank 0's BatchNorm running statistics are the ones saved (or recalibrated). tests/engine/test_distributed.py states the tolerance.
 """
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -60,35 +60,23 @@ def rank_device(device: torch.device, rank: Rank) -> torch.device:
     return torch.device("cuda", rank.rank)
 
 
-def sync_trainable_batchnorm(model: nn.Module) -> nn.Module:
-    """Make the BatchNorm layers whose weights train SyncBatchNorm; frozen ones stay as they are.
-
-    A frozen layer (inside the frozen first children) gets no gradient, so per-rank statistics
-    change nothing but its running averages, which recalibration or rank 0 supply anyway; sparing
-    it saves one all-reduce per layer per step.
-    """
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, nn.SyncBatchNorm) \
-                    and any(p.requires_grad for p in child.parameters()):
-                setattr(parent, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
-    return model
-
-
 def wrap_model(model: nn.Module, device: torch.device, rank: Rank) -> nn.Module:
-    """DistributedDataParallel around `model` for several ranks, else `model` itself.
+    """DistributedDataParallel around `model` for several ranks, else `model` itself; the caller
+    keeps `model` (unprefixed keys) for saving.
 
-    On CUDA the trainable BatchNorm layers become SyncBatchNorm first, in place, so the caller's
-    `model` (the one saved, with unprefixed keys) is the module DDP trains.
+    BatchNorm layers stay per-rank on CUDA as on CPU (no SyncBatchNorm): frozen ones get no
+    gradient, so syncing them would only cost an all-reduce per layer per step; trainable ones see
+    batch_size / world_size images per rank, as in torchvision's reference recipe without
+    --sync-bn; and torch.compile graph-breaks on SyncBatchNorm. One rule everywhere also keeps the
+    CUDA ranks what the CPU test checks. The caller compiles the DDP module (torch.compile(DDP(m)),
+    PyTorch's documented order), so compiled graphs split at DDP's gradient buckets and each
+    bucket's all-reduce overlaps the rest of the backward pass.
     """
     if not rank.distributed:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
-    if device.type == "cuda":
-        sync_trainable_batchnorm(model)
-        return DistributedDataParallel(model, device_ids=[device.index])
-    return DistributedDataParallel(model)
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 class RankBatches(torch.utils.data.Sampler):
@@ -112,7 +100,7 @@ class RankBatches(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         full, rest = divmod(len(self.batches.sampler), self.batches.batch_size)
-        return full + (1 if rest >= self.world_size else 0)
+        return full + (1 if rest >= self.world_size and not self.batches.drop_last else 0)
 
 
 def shard_loader(loader, config: RunConfig, epoch: int, rank: Rank):
@@ -157,22 +145,26 @@ def _rank_worker_init(rank: int, then, worker_id: int) -> None:
 
 def reduce_stats(stats: dict, device: torch.device, rank: Rank) -> dict:
     """train_one_epoch's figures over all ranks: image-weighted loss and accuracy, total images,
-    slowest time (each `*seconds` figure: the maximum over ranks)."""
+    the slowest rank's times (every "seconds" and "*_s" figure) and the ranks' steady rates summed."""
     if not rank.distributed:
         return stats
     import torch.distributed as dist
 
     images = float(stats["images"])
-    sums = torch.tensor([stats["loss"] * images, stats["accuracy"] * images, images], dtype=torch.float64,
-                        device=device)
+    rate = stats.get("loop_images_per_second")
+    sums = torch.tensor([stats["loss"] * images, stats["accuracy"] * images, images,
+                         float("nan") if rate is None else rate], dtype=torch.float64, device=device)
     dist.all_reduce(sums)
-    timed = sorted(k for k in stats if k.endswith("seconds"))
-    seconds = torch.tensor([float(stats[k]) for k in timed], dtype=torch.float64, device=device)
-    dist.all_reduce(seconds, op=dist.ReduceOp.MAX)
-    total = int(sums[2].item())
-    out = {**stats, "loss": sums[0].item() / total, "accuracy": sums[1].item() / total, "images": total,
-           **{k: float(v) for k, v in zip(timed, seconds.tolist())}}
+    timed = sorted(k for k in stats if k == "seconds" or k.endswith("_s"))
+    slowest = torch.tensor([float(stats[k]) for k in timed], dtype=torch.float64, device=device)
+    dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+    loss, accuracy, total, rates = sums.tolist()
+    total = int(total)
+    out = {**stats, "loss": loss / total, "accuracy": accuracy / total, "images": total,
+           **dict(zip(timed, slowest.tolist()))}
     out["images_per_second"] = total / out["seconds"] if out["seconds"] > 0 else 0.0
+    if "loop_images_per_second" in stats:
+        out["loop_images_per_second"] = None if math.isnan(rates) else rates
     return out
 
 

@@ -21,7 +21,8 @@ from faceattr.engine.parallel import Rank
 from faceattr.run.layout import RunLayout
 from faceattr.run.metrics import write_epoch_metrics
 from faceattr.progress import Progress
-from faceattr.runtime import autocast, resolve_device, rng_state, seed_everything, set_rng_state, should_compile
+from faceattr.runtime import (autocast, process_age_s, resolve_device, rng_state, seed_everything, set_rng_state,
+                              should_compile, synchronize, use_compile_cache)
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +117,14 @@ def train_one_epoch(
     log_every_s: float = 10.0,
     channels_last: bool | None = None,
 ) -> dict:
-    """One pass over `loader`; returns {"loss", "accuracy", "images", "seconds", "images_per_second"}.
+    """One pass over `loader`: {"loss", "accuracy", "images", "seconds", "images_per_second",
+    "warmup_s", "loop_s", "loop_images_per_second"}.
 
     Loss and accuracy (outputs >= 0 vs the -1/+1 labels, averaged over all attributes) are summed
     on the device and read back only when progress is shown, so the GPU is not synced per batch.
+    "seconds" and "images_per_second" cover the whole pass; the first step, where torch.compile
+    compiles and CUDA warms up, is timed apart ("warmup_s"), and the steady rate is measured from
+    there ("loop_*": after a device sync, up to a sync at the end; None with a single step).
     """
     if channels_last is None:
         channels_last = device.type == "cuda"
@@ -135,6 +140,7 @@ def train_one_epoch(
         return {"loss": loss_sum.item() / n, "acc": correct_sum.item() / n}
 
     start = time.perf_counter()
+    loop_start, warmup_images = None, 0
     for images, targets in loader:
         images = images.to(device, non_blocking=True, memory_format=memory_format)
         targets = targets.to(device, non_blocking=True)
@@ -149,18 +155,26 @@ def train_one_epoch(
         seen += batch
         loss_sum += loss.detach().double() * batch
         correct_sum += ((outputs.detach() >= 0) == (targets > 0)).double().mean(dim=1).sum()
+        if loop_start is None:  # the first step is done: the steady loop starts here
+            synchronize(device)
+            loop_start, warmup_images = time.perf_counter(), seen
         progress.update(batch, running)
     progress.close()
     if seen == 0:
         raise ValueError("train: the loader yielded no images")
-    seconds = time.perf_counter() - start
+    synchronize(device)
+    end = time.perf_counter()
     figures = running()
+    seconds, loop_seconds, loop_images = end - start, end - loop_start, seen - warmup_images
     return {
         "loss": figures["loss"],
         "accuracy": figures["acc"],
         "images": seen,
         "seconds": seconds,
         "images_per_second": seen / seconds if seconds > 0 else 0.0,
+        "warmup_s": loop_start - start,
+        "loop_s": loop_seconds,
+        "loop_images_per_second": loop_images / loop_seconds if loop_images and loop_seconds > 0 else None,
     }
 
 
@@ -236,11 +250,19 @@ def train_epoch(run_dir: str | Path, epoch: int, config: RunConfig, *, rank: Ran
 
     `rank`: this process's place when faceattr.engine.distributed spreads the epoch over several
     (each rank trains its share of every batch; only rank 0 writes).
+
+    Besides the training figures, the metrics file records what the epoch task cost apart from the
+    loop (each epoch is its own process): "startup_s" (process start to here, Linux only), "load_s"
+    (checkpoint and model), "upload_s" (the train loader: on the fast path, the split's copy to the
+    GPU), "compile_s" (with torch.compile, the first step, which compiles), "recalibration_s",
+    "save_s" and "task_s" (all of it, start-up included when measured).
     """
+    from faceattr import settings
     from faceattr.checkpoint import save_checkpoint
     from faceattr.data.loaders import make_loader
     from faceattr.model import model_from_config
 
+    entered, startup = time.perf_counter(), process_age_s()
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
         raise ValueError(f"epoch: {epoch!r} must be an integer >= 1")
     run_dir = Path(run_dir)
@@ -261,6 +283,8 @@ def train_epoch(run_dir: str | Path, epoch: int, config: RunConfig, *, rank: Ran
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
+        # Every step has the same shapes: cuDNN's measured algorithm choice pays (grouped convolutions).
+        torch.backends.cudnn.benchmark = True
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config)
     if previous is not None:
@@ -268,12 +292,20 @@ def train_epoch(run_dir: str | Path, epoch: int, config: RunConfig, *, rank: Ran
         if scheduler is not None and previous["scheduler"] is not None:
             scheduler.load_state_dict(previous["scheduler"])
         set_rng_state(previous["rng"])
+    synchronize(device)
+    parts = {"startup_s": startup, "load_s": time.perf_counter() - entered}
 
+    clock = time.perf_counter()
     loader = make_loader(run_dir, config, "train", train=True, device=device, epoch=epoch)
     loader = parallel.shard_loader(loader, config, epoch, rank)
+    synchronize(device)
+    parts["upload_s"] = time.perf_counter() - clock
     loss_fn = make_loss(config, loader.dataset.labels).to(device)
     runner = parallel.wrap_model(model, device, rank)
-    runner = torch.compile(runner) if should_compile(config.compile, device) else runner
+    compiled = should_compile(config.compile, device)
+    if compiled:
+        use_compile_cache(settings.home())
+        runner = torch.compile(runner)
 
     lr = optimizer.param_groups[0]["lr"]
     log.info(
@@ -282,20 +314,22 @@ def train_epoch(run_dir: str | Path, epoch: int, config: RunConfig, *, rank: Ran
     )
     stats = train_one_epoch(runner, loader, loss_fn, optimizer, device, desc=f"epoch {epoch}")
     stats = parallel.reduce_stats(stats, device, rank)
+    parts["compile_s"] = stats["warmup_s"] if compiled else 0.0
     if not math.isfinite(stats["loss"]):
         # Nothing is written: a diverged model must not become the next epoch's starting point.
         raise RuntimeError(f"epoch {epoch}: training diverged (mean loss {stats['loss']}); try a lower lr than {lr:g}")
     if scheduler is not None:
         scheduler.step()
+    clock = time.perf_counter()
     if config.recalibrate_bn > 0:
-        # On every DDP rank, over the same images: on CUDA the layers are SyncBatchNorm, whose
-        # forward pass needs all ranks; rank 0's result is the one saved.
-        start = time.perf_counter()
-        plain = make_loader(run_dir, config, "train", train=False, device=device)
-        used = recalibrate_batchnorm(model, plain, device, config.recalibrate_bn)
-        stats["bn_recalibration_images"] = used
-        log.info("epoch %d: BatchNorm statistics recomputed on %d unaugmented train images (%.0f s)",
-                 epoch, used, time.perf_counter() - start)
+        # On every DDP rank, over the same images (rank 0's result is the one saved), so that the
+        # ranks stay in step; the images come from the train loader's data, not a second upload.
+        log.info("epoch %d: recomputing BatchNorm statistics on up to %d unaugmented train images", epoch,
+                 config.recalibrate_bn)
+        plain = _unaugmented(loader, lambda: make_loader(run_dir, config, "train", train=False, device=device))
+        stats["bn_recalibration_images"] = recalibrate_batchnorm(model, plain, device, config.recalibrate_bn)
+        synchronize(device)
+    parts["recalibration_s"] = time.perf_counter() - clock
 
     checkpoint = {
         "model": model.state_dict(),  # the uncompiled module's keys
@@ -307,11 +341,33 @@ def train_epoch(run_dir: str | Path, epoch: int, config: RunConfig, *, rank: Ran
         "train": stats,
     }
     path = layout.checkpoint(epoch)
+    clock = time.perf_counter()
     if rank.is_main:  # DDP ranks hold the same weights; one writer
         save_checkpoint(checkpoint, path)
-        write_epoch_metrics(run_dir, "train", epoch, stats)
+    parts["save_s"] = time.perf_counter() - clock
+    parts["task_s"] = (startup or 0.0) + time.perf_counter() - entered
+    if rank.is_main:
+        write_epoch_metrics(run_dir, "train", epoch, {**stats, **parts})
+    loop_rate = stats["loop_images_per_second"]
     log.info(
-        "epoch %d: loss %.4f, accuracy %.4f, %.1f img/s, %.0f s -> %s",
-        epoch, stats["loss"], stats["accuracy"], stats["images_per_second"], stats["seconds"], path,
+        "epoch %d: loss %.4f, accuracy %.4f, %s img/s in the loop, task %.0f s (start-up %s s, load %.1f s, "
+        "upload %.1f s, first step %.1f s, recalibration %.1f s, save %.1f s) -> %s",
+        epoch, stats["loss"], stats["accuracy"], "-" if loop_rate is None else f"{loop_rate:.1f}", parts["task_s"],
+        "-" if startup is None else f"{startup:.1f}", parts["load_s"], parts["upload_s"], stats["warmup_s"],
+        parts["recalibration_s"], parts["save_s"], path,
     )
-    return {"epoch": epoch, "checkpoint": str(path), "lr": lr, **stats}
+    return {"epoch": epoch, "checkpoint": str(path), "lr": lr, **stats, **parts}
+
+
+def _unaugmented(loader, make_plain):
+    """The train images as evaluation prepares them (unaugmented, in split order), for recalibration.
+
+    The fast path's CachedLoader is viewed without augmentation and unsharded, sharing its cache
+    and any GPU-resident copy (a second loader would upload the whole split again); the PIL path
+    builds its evaluation loader with `make_plain`.
+    """
+    if not hasattr(loader, "shard"):
+        return make_plain()
+    plain = loader.shard(0, 1)  # a copy: the training loader is left as it is
+    plain.train = False
+    return plain

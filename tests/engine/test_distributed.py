@@ -8,12 +8,10 @@ So the comparison is: exact where it must be (images seen, frozen weights, one w
 what was learned, the trained head's update (new weights minus the common initial ones) must
 point the same way as the single-process update (cosine > 0.8) and differ from it by less than
 60% of its size, and the epoch's mean loss and accuracy must agree within 0.05 and 0.02.
-Measured on this data: cosine 0.94, relative difference 0.36, loss 3.826 vs 3.834. For scale, an
-epoch over the same images in another batch order (before the ranks drew the single-process
-shuffle) gave a relative difference of 1.03: Adamax's first steps are nearly sign steps, so
-updates decorrelate quickly when the batches differ; the tolerance tells the two apart. The
-negative control: the same two ranks without DDP (each trains alone on its half of every batch,
-no gradient is averaged) must fail the comparison.
+Adamax's first steps are nearly sign steps, so updates decorrelate quickly when the batches
+differ. The negative control shows the comparison can fail: the same two ranks without DDP (each
+trains alone on its half of every batch, no gradient is averaged) must fail it. The test prints
+both sets of figures (pytest -s); the commit log records them.
 """
 from __future__ import annotations
 
@@ -185,20 +183,24 @@ def _compare(runs, name) -> dict[str, float]:
 def _matches_single_process(figures: dict[str, float]) -> bool:
     return (figures["cosine"] > 0.8 and figures["relative"] < 0.6 and figures["loss"] < 0.05
             and figures["accuracy"] < 0.02)
+
+
 @pytest.mark.slow
-
-
 def test_ddp_epoch_sees_every_image_once_and_rank_0_writes(runs):
     single, ddp = runs["single"], runs["ddp"]
     assert ddp["result"]["world_size"] == 2 and single["result"]["world_size"] == 1
     train_images = single["result"]["images"]
     assert ddp["result"]["images"] == expected_images(train_images, runs["config"].batch_size, 2) == train_images
     assert ddp["metrics"]["images"] == train_images
-    files = sorted(p.relative_to(ddp["run_dir"]).as_posix() for p in ddp["run_dir"].rglob("*") if p.is_file())
-    assert files == ["checkpoints/epoch_1.pt", "config.json", "metrics/train_epoch_1.json", "split.csv"]
+    def files(run):
+        return sorted(p.relative_to(run["run_dir"]).as_posix() for p in run["run_dir"].rglob("*") if p.is_file())
+
+    # One writer: the same files as one process writes, no rank's stray copies.
+    assert files(ddp) == files(single)
+    assert {"checkpoints/epoch_1.pt", "metrics/train_epoch_1.json"} <= set(files(ddp))
+
+
 @pytest.mark.slow
-
-
 def test_ddp_epoch_matches_single_process(runs):
     single, ddp = runs["single"], runs["ddp"]
     # Frozen weights are untouched by both (BatchNorm running statistics are buffers, not compared).
@@ -211,9 +213,9 @@ def test_ddp_epoch_matches_single_process(runs):
     for key in (k for k in runs["initial"] if "running_" in k):
         assert torch.allclose(ddp["weights"][key], single["weights"][key], rtol=1e-4, atol=1e-5), key
     assert _matches_single_process(_compare(runs, "ddp"))
+
+
 @pytest.mark.slow
-
-
 def test_ranks_without_gradient_averaging_fail_the_comparison(runs):
     """The negative control: the comparison above can fail, and does when DDP is left out."""
     assert runs["unaveraged"]["metrics"]["images"] == runs["single"]["result"]["images"]

@@ -13,7 +13,9 @@ from faceattr.engine.train import AttributeLoss, make_loss, make_optimizer, make
 
 
 CHECKPOINT_KEYS = {"model", "optimizer", "scheduler", "rng", "epoch", "config", "train"}
-TRAIN_KEYS = {"loss", "accuracy", "images", "seconds", "images_per_second"}
+TRAIN_KEYS = {"loss", "accuracy", "images", "seconds", "images_per_second", "warmup_s", "loop_s", "loop_images_per_second"}
+# What an epoch task cost besides the loop, in the metrics file (see train_epoch).
+TASK_PARTS = {"startup_s", "load_s", "upload_s", "compile_s", "recalibration_s", "save_s", "task_s"}
 
 
 # -- runtime ------------------------------------------------------------------------------------
@@ -179,7 +181,7 @@ def _tiny_pass(lr: float, caplog=None) -> tuple[dict, torch.nn.Module, torch.Ten
 
 def test_train_one_epoch_reports_loss_and_accuracy_of_what_it_saw(caplog):
     # With lr 0 the model never changes, so the pass's figures are the model's on the whole set.
-    with caplog.at_level("INFO", logger="faceattr.runtime"):
+    with caplog.at_level("INFO", logger="faceattr.progress"):
         stats, model, images, targets = _tiny_pass(lr=0.0)
     with torch.no_grad():
         outputs = model(images)
@@ -187,6 +189,9 @@ def test_train_one_epoch_reports_loss_and_accuracy_of_what_it_saw(caplog):
     assert stats["loss"] == pytest.approx(((outputs - targets) ** 2).mean().item(), rel=1e-5)
     assert stats["accuracy"] == pytest.approx(((outputs >= 0) == (targets > 0)).float().mean().item())
     assert stats["images_per_second"] > 0
+    # The first of the 3 steps is timed apart; the steady rate counts the 12 images after it.
+    assert 0 < stats["warmup_s"] and 0 < stats["loop_s"] and stats["warmup_s"] + stats["loop_s"] <= stats["seconds"]
+    assert stats["loop_images_per_second"] == pytest.approx(12 / stats["loop_s"])
     # Not a terminal: progress goes to the log with the rate, the loss and an ETA.
     assert any("img/s" in r.message and "loss" in r.message and "ETA" in r.message for r in caplog.records)
 
@@ -230,13 +235,13 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, synthetic_root) -> tuple[
     """80 synthetic images (64 train), resnet18 from scratch with its first 6 children frozen, batch 16,
     in-process loading."""
     from faceattr.data.split import make_split
-    from faceattr.synth.files import generate
 
     root = synthetic_root(80, 3)
     run = tmp_path_factory.mktemp("tiny-run") / "run"
     config = RunConfig(
-        root=str(base / "root"), arch="resnet18", weights="none", batch_size=16, num_workers=0,
+        root=str(root), arch="resnet18", weights="none", batch_size=16, num_workers=0,
         device="cpu", epochs=3, schedule="cosine", lr=1e-3,
+        freeze_children=6,  # frozen (random) children: fewer weights to train, and a frozen part to check
     )
     config.save(run)
     split = make_split(root, "random", 0, run)
@@ -271,7 +276,12 @@ def test_epoch_1_writes_the_contract_checkpoint_and_metrics(tiny_run):
     assert checkpoint["scheduler"]["last_epoch"] == 1
     assert any(name.startswith("fc.") for name in checkpoint["model"])
     metrics = json.loads((run / "metrics" / "train_epoch_1.json").read_text())
+    parts = {k: metrics.pop(k) for k in TASK_PARTS}
     assert metrics == {"epoch": 1, "split": "train", **checkpoint["train"]}
+    assert parts["compile_s"] == 0.0 and parts["recalibration_s"] < 1  # neither compiled nor recalibrated
+    assert all(parts[k] >= 0 for k in TASK_PARTS - {"startup_s"})
+    assert parts["task_s"] >= parts["load_s"] + parts["upload_s"] + checkpoint["train"]["seconds"] + parts["save_s"]
+    assert parts["startup_s"] is None or parts["task_s"] >= parts["startup_s"] > 0
 
 
 def _assert_same_epoch(before: dict, after: dict) -> None:
@@ -383,3 +393,61 @@ def test_an_epoch_with_recalibrate_bn_saves_statistics_of_unaugmented_images(tin
     for key, value in model.state_dict().items():
         if "running_" in key:
             assert torch.allclose(value, saved[key], rtol=1e-4, atol=1e-5), key
+
+
+def test_recalibration_on_the_cache_path_reuses_the_training_data(tiny_run, tmp_path, monkeypatch):
+    """No second loader (on CUDA: no second upload of the split); the statistics are those of the
+    first unaugmented train images, as a separate evaluation loader gives them."""
+    import shutil
+
+    import faceattr.data.loaders as loaders
+    from faceattr.model import build_model
+    from faceattr.engine.train import recalibrate_batchnorm
+
+    run, config = tiny_run
+    other = tmp_path / "run"
+    other.mkdir()
+    shutil.copy(run / "split.csv", other / "split.csv")
+    cached = config.replace(data_path="cache", recalibrate_bn=40)
+    cached.save(other)
+    built = []
+    real = loaders.make_cached_loader
+    monkeypatch.setattr(loaders, "make_cached_loader", lambda *a, **k: built.append(k["train"]) or real(*a, **k))
+    result = train_epoch(other, 1, cached)
+    assert built == [True] and result["bn_recalibration_images"] == 40
+    saved = _load(other / "checkpoints" / "epoch_1.pt")["model"]
+    model = build_model("resnet18", weights="none", freeze_children=0)
+    model.load_state_dict(saved)
+    frame = loaders.load_split_frame(other)
+    plain = real(other, cached, "train", frame[frame["split"] == "train"], train=False, device=torch.device("cpu"))
+    recalibrate_batchnorm(model, plain, torch.device("cpu"), 40)
+    for key, value in model.state_dict().items():
+        if "running_" in key:
+            assert torch.allclose(value, saved[key], rtol=1e-4, atol=1e-5), key
+
+
+@pytest.mark.slow
+def test_a_compiled_epoch_saves_plain_keys_and_the_next_epoch_resumes_from_it(tiny_run, tmp_path, monkeypatch):
+    """torch.compile really runs (inductor, on the CPU): the checkpoint holds the plain module's keys,
+    which the next (compiled) epoch loads strictly; the compile cache goes under FACEATTR_HOME."""
+    import shutil
+
+    run, config = tiny_run
+    monkeypatch.setenv("FACEATTR_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    other = tmp_path / "run"
+    other.mkdir()
+    shutil.copy(run / "split.csv", other / "split.csv")
+    compiled = config.replace(compile=True, arch="squeezenet1_1", freeze_children=0)  # a small graph compiles fast
+    compiled.save(other)
+
+    first = train_epoch(other, 1, compiled)
+    keys = set(_load(other / "checkpoints" / "epoch_1.pt")["model"])
+    assert keys and not [k for k in keys if k.startswith(("_orig_mod.", "module."))]
+    assert first["compile_s"] == first["warmup_s"] > 0
+    assert any((tmp_path / "home" / "compile-cache").iterdir())
+    second = train_epoch(other, 2, compiled)
+    checkpoint = _load(other / "checkpoints" / "epoch_2.pt")
+    assert set(checkpoint["model"]) == keys and second["images"] == 64
+    steps = [state["step"].item() for state in checkpoint["optimizer"]["state"].values()]
+    assert steps and all(step == 8 for step in steps)  # 4 steps per epoch: resumed, not restarted
