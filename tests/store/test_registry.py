@@ -265,3 +265,30 @@ def test_the_models_commands_and_predict_with_the_champion(store_url, tmp_path, 
     assert capsys.readouterr().out.strip() == "champion is now run first epoch 2 (rolled back from run second epoch 2)"
     assert main(["models", "promote", "ghost"]) == 2
     assert "run 'ghost': no model recorded" in capsys.readouterr().err
+
+
+def test_models_published_before_the_registry_keep_their_roles(store_url, tmp_path):
+    """Migration 0002 on a store that already has models: the current one becomes champion."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import create_engine, text
+
+    from faceattr.store.schema import MIGRATIONS_DIR
+
+    engine = create_engine(store_url)
+    with engine.begin() as conn:
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS_DIR))
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0001")
+        conn.execute(text("INSERT INTO runs (id, config, status, run_dir) VALUES ('old', '{}', 'success', '/r')"))
+        for run_epoch, current in ((1, True), (2, False)):
+            conn.execute(text("INSERT INTO models (run_id, epoch, path, val_mean_accuracy, published, is_current) "
+                              "VALUES ('old', :epoch, '/r/model.pt', 0.8, :yes, :current)"),
+                         {"epoch": run_epoch, "yes": True, "current": current})
+    engine.dispose()
+    with Store(store_url) as store:
+        states = {m["epoch"]: (m["state"], m["reason"]) for m in registry.candidates(store)}
+        assert states == {1: ("champion", "current model before the registry"),
+                          2: ("challenger", "published before the registry")}
+        assert registry.champion(store)["epoch"] == 1
