@@ -26,7 +26,7 @@ def format_runs(store: Store) -> str:
 def format_run(store: Store, run_id: str) -> str:
     """`faceattr runs show ID`: the run, its models, per-epoch and per-attribute figures."""
     run = store.run(run_id)
-    current = store.current_model()
+    champion = store.current_model()
     lines = [
         f"run {run['id']}  status {run['status']}  dag run {fmt(run['dag_run_id'])}",
         f"folder {run['run_dir']}",
@@ -35,11 +35,10 @@ def format_run(store: Store, run_id: str) -> str:
         f"test acc {fmt(run['test_mean_accuracy'])}",
     ]
     for model in run["models"]:
-        flags = [flag for flag in ("published", "current") if model[flag]]
-        lines.append(f"model epoch {model['epoch']}: {model['path']}"
-                     + (f" ({', '.join(flags)})" if flags else ""))
-    if current and current["run_id"] != run["id"]:
-        lines.append(f"current model: run {current['run_id']} epoch {current['epoch']}")
+        state = f" ({model['state']}: {model['reason']})" if model["state"] else " (not published)"
+        lines.append(f"model epoch {model['epoch']}: {model['path']}{state}")
+    if champion and champion["run_id"] != run["id"]:
+        lines.append(f"champion: run {champion['run_id']} epoch {champion['epoch']}")
 
     lines += ["", "per epoch"]
     if run["epochs"]:

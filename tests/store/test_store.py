@@ -401,6 +401,9 @@ def test_format_run_and_runs_show_the_figures(store, tmp_path, store_url, monkey
             assert f"{figures[key]:.4f}" in line
             assert f"{expected['val'][best]['attributes'][name][key]:.4f}" in line
     assert f"best epoch {best}" in shown
+    assert f"model epoch {best}: {(run_dir / 'model.pt').resolve()} (not published)" in shown
+    registry.publish(store, run_dir, run_id="run-7", actor="test")
+    assert "(champion: first published model)" in format_run(store, "run-7")
 
     listing = format_runs(store)
     (row,) = [line for line in listing.splitlines() if line.startswith("run-7")]
