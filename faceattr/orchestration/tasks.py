@@ -114,7 +114,7 @@ def run_context(params: Mapping[str, Any], dag_run_id: str) -> Run:
 
 
 @contextlib.contextmanager
-def run_folder(params: Mapping[str, Any], dag_run_id: str, *, record: bool = False,
+def run_folder(params: Mapping[str, Any], run_id: str, *, record: bool = False,
                **run_fields: Any) -> Iterator[Run]:
     """The run folder for one task's work: pulled on entry; pushed when the body finishes.
 
@@ -122,7 +122,7 @@ def run_folder(params: Mapping[str, Any], dag_run_id: str, *, record: bool = Fal
     finished_at, dag_run_id, as Store.sync_run_dir takes them). A body that raises (Skip included)
     pushes and records nothing: a retry starts from what the last successful task left.
     """
-    run = run_context(params, dag_run_id)
+    run = run_context(params, run_id)  # run_id: the DAG run's id
     artifacts.pull(run.dir)
     yield run
     artifacts.push(run.dir)

@@ -32,10 +32,9 @@ def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
     magnitude = 10 ** math.floor(math.log10(raw))
     step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
     start = math.floor(low / step) * step
-    ticks, value = [], start
-    while value <= high + step * 1e-9:
-        ticks.append(round(value, 10))
-        value += step
+    ticks = [round(start, 10)]
+    while ticks[-1] < high - step * 1e-9:  # the last tick is at or above `high`
+        ticks.append(round(ticks[-1] + step, 10))
     return ticks
 
 
@@ -43,12 +42,12 @@ def _label(value: float) -> str:
     return f"{value:g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.1e}"
 
 
-def line_chart(series: Sequence[Series], *, title: str, x_label: str, y_label: str, width: int = 560,
-               height: int = 260, y_range: tuple[float, float] | None = None, integer_x: bool = True,
+def line_chart(series: Sequence[Series], *, title: str, x_label: str, y_label: str, width: int = 470,
+               height: int = 280, y_range: tuple[float, float] | None = None, integer_x: bool = True,
                chart_id: str = "") -> str:
     """An SVG line chart of `series` (empty series are skipped; no data gives a placeholder)."""
     drawn = [s for s in series if s.points]
-    left, right, top, bottom = 56, 170, 28, 40  # the legend sits right of the plot, never over a curve
+    left, right, top, bottom = 56, 14, 28, 62  # the legend sits below the plot, never over a curve
     plot_w, plot_h = width - left - right, height - top - bottom
     attrs = f'id="{html.escape(chart_id)}" ' if chart_id else ""
     head = (f'<svg {attrs}class="chart" role="img" aria-label="{html.escape(title)}" viewBox="0 0 {width} {height}" '
@@ -84,11 +83,11 @@ def line_chart(series: Sequence[Series], *, title: str, x_label: str, y_label: s
                      f'{_label(tick)}</text>')
     parts.append(f'<line x1="{left}" x2="{left}" y1="{top}" y2="{top + plot_h}" class="axis"/>'
                  f'<line x1="{left}" x2="{left + plot_w}" y1="{top + plot_h}" y2="{top + plot_h}" class="axis"/>'
-                 f'<text x="{left + plot_w / 2}" y="{height - 6}" text-anchor="middle" class="axis-label">'
+                 f'<text x="{left + plot_w / 2}" y="{top + plot_h + 32}" text-anchor="middle" class="axis-label">'
                  f'{html.escape(x_label)}</text>'
                  f'<text transform="translate(14 {top + plot_h / 2}) rotate(-90)" text-anchor="middle" '
                  f'class="axis-label">{html.escape(y_label)}</text>')
-    legend_x = left + plot_w + 12
+    legend_x = left
     for index, item in enumerate(drawn):
         color = item.color or PALETTE[index % len(PALETTE)]
         points = [(x, y) for x, y in item.points if math.isfinite(y)]
@@ -103,9 +102,10 @@ def line_chart(series: Sequence[Series], *, title: str, x_label: str, y_label: s
             parts.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="{radius}" stroke="{color}"{ring}>'
                          f'<title>{label}, epoch {_label(x)}: {y:.4f}</title></circle>')
         parts.append("</g>")
-        legend_y = top + 10 + 16 * index
+        legend_y = height - 6
         parts.append(f'<line x1="{legend_x}" x2="{legend_x + 18}" y1="{legend_y - 4}" y2="{legend_y - 4}" '
                      f'stroke="{color}" stroke-width="2"{dash}/><text x="{legend_x + 22}" y="{legend_y}" '
-                     f'class="legend">{html.escape(item.label[:22])}</text>')
+                     f'class="legend">{html.escape(item.label[:28])}</text>')
+        legend_x += 34 + 6.5 * len(item.label[:28])
     parts.append("</svg>")
     return "".join(parts)

@@ -82,6 +82,11 @@ def _seconds(start: dt.datetime | None, end: dt.datetime | None) -> float | None
     return None if start is None or end is None else (end - start).total_seconds()
 
 
+def _mean(values: Iterable[float | None]) -> float | None:
+    found = [v for v in values if v is not None]
+    return sum(found) / len(found) if found else None
+
+
 def now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
@@ -106,6 +111,8 @@ def runs_table(store) -> list[dict[str, Any]]:
             "best_epoch": run["best_epoch"], "val_mean_accuracy": run["val_mean_accuracy"],
             "test_mean_accuracy": run["test_mean_accuracy"],
             "majority_baseline": best.get("val_majority_baseline"),
+            "test_majority_baseline": _mean(m["majority_baseline"] for m in run["attribute_metrics"]
+                                            if m["split"] == "test" and m["epoch"] == run["best_epoch"]),
             "current": bool(current and current["run_id"] == run["id"]),
         })
     return rows

@@ -27,7 +27,9 @@ td.num,th.num{text-align:right} tr.winner td{background:#e8f5e9;font-weight:600}
 .charts{display:flex;flex-wrap:wrap;gap:8px} .chart{border:1px solid #e4e7eb;border-radius:6px;background:#fff}
 .chart .grid{stroke:#eef0f2} .chart .axis{stroke:#9aa5b1} .chart text{font:11px system-ui,sans-serif;fill:#52606d}
 .chart .chart-title{font-weight:600;font-size:12px;fill:#1f2933} .chart .legend{fill:#1f2933}
-.bar{height:10px;background:#0072B2;border-radius:2px;display:inline-block;vertical-align:middle}
+.bar{position:relative;display:inline-block;width:100px;height:10px;background:#eef0f2;border-radius:2px;vertical-align:middle}
+.bar>span{position:absolute;left:0;top:0;height:10px;background:#0072B2;border-radius:2px}
+.bar>i{position:absolute;top:-3px;width:2px;height:16px;background:#1f2933}
 .progress{height:14px;background:#eef0f2;border-radius:7px;width:360px;overflow:hidden;display:inline-block;vertical-align:middle}
 .progress>span{display:block;height:100%;background:#0072B2}
 .kpis{display:flex;gap:10px;flex-wrap:wrap;margin:10px 0} .kpi{border:1px solid #e4e7eb;border-radius:6px;padding:6px 12px;min-width:120px}
@@ -72,7 +74,7 @@ def signed(value: float | None) -> str:
 
 
 def when(value: dt.datetime | None) -> str:
-    return "–" if value is None else value.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return "–" if value is None else value.astimezone(dt.timezone.utc).strftime("%Y-%m-%d\u00a0%H:%M\u00a0UTC")
 
 
 def span(seconds: float | None) -> str:
@@ -96,7 +98,7 @@ def page(title: str, body: str) -> str:
 
 def table(headers: Iterable[tuple[str, str]], rows: Iterable[str], table_id: str = "") -> str:
     """headers: (label, "num" or ""); rows: rendered <tr>s. Every column sorts on a click."""
-    head = "".join(f'<th data-sort class="{kind}">{label}</th>' for label, kind in headers)
+    head = "".join(f'<th{" data-sort" if label else ""} class="{kind}">{label}</th>' for label, kind in headers)
     attrs = f' id="{table_id}"' if table_id else ""
     return f"<table{attrs}><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
@@ -109,7 +111,8 @@ def td(value: Any, *, sort: Any = None, numeric: bool = False, raw: bool = False
 # -- Runs -----------------------------------------------------------------------------------------
 def runs_page(rows: list[dict[str, Any]]) -> str:
     body = [f"<h1>faceattr runs</h1><p class=muted>{len(rows)} run(s) in the run store, newest first. Click a "
-            "column to sort; tick two or more runs and press Compare to overlay their curves.</p>",
+            "column to sort; tick two or more runs and press Compare to overlay their curves. Baselines: always "
+            "predicting each attribute's most common training value.</p>",
             '<p><input type="search" placeholder="filter: arch, status, run id…" data-rows="#runs tbody tr" '
             'oninput="filterRows(this)"> <button onclick="compare()">Compare</button></p>']
     lines = []
@@ -123,13 +126,13 @@ def runs_page(rows: list[dict[str, Any]]) -> str:
             + td(span(r["seconds"]), sort=r["seconds"] or 0, numeric=True)
             + td(r["arch"]) + td(r["weights"]) + td(r["split"])
             + td(done, sort=r["epochs_done"], numeric=True) + td(r["best_epoch"] or "–", numeric=True)
-            + td(num(r["val_mean_accuracy"]), numeric=True) + td(num(r["test_mean_accuracy"]), numeric=True)
-            + td(num(r["majority_baseline"]), numeric=True)
+            + td(num(r["val_mean_accuracy"]), numeric=True) + td(num(r["majority_baseline"]), numeric=True)
+            + td(num(r["test_mean_accuracy"]), numeric=True) + td(num(r["test_majority_baseline"]), numeric=True)
             + td('<span class="current" title="the current (champion) model">★ current</span>' if r["current"] else "",
                  sort=1 if r["current"] else 0, raw=True) + "</tr>")
     headers = [("", ""), ("Run", ""), ("State", ""), ("Started", ""), ("Duration", "num"), ("Arch", ""),
                ("Weights", ""), ("Split", ""), ("Epochs", "num"), ("Best epoch", "num"), ("Val acc", "num"),
-               ("Test acc", "num"), ("Majority baseline", "num"), ("Model", "")]
+               ("Val baseline", "num"), ("Test acc", "num"), ("Test baseline", "num"), ("Model", "")]
     body.append(table(headers, lines, "runs") if rows else "<p>No runs yet: trigger faceattr_train.</p>")
     return page("faceattr runs", "".join(body))
 
@@ -145,8 +148,10 @@ def run_charts(view: dict[str, Any]) -> str:
     ], title="Accuracy per epoch (ring: selected epoch)", x_label="epoch", y_label="accuracy", chart_id="chart-accuracy")
     loss = line_chart([Series("train loss", c["train_loss"], PALETTE[5])], title="Train loss per epoch",
                       x_label="epoch", y_label="loss", chart_id="chart-loss")
+    fastest = max((y for _, y in c["images_per_second"]), default=1.0)
     speed = line_chart([Series("images/s (train)", c["images_per_second"], PALETTE[2])],
-                       title="Training speed per epoch", x_label="epoch", y_label="images / s", chart_id="chart-speed")
+                       title="Training speed per epoch", x_label="epoch", y_label="images / s",
+                       y_range=(0.0, fastest * 1.1), chart_id="chart-speed")
     return f'<div class="charts">{accuracy}{loss}{speed}</div>'
 
 
@@ -199,8 +204,9 @@ def attribute_part(view: dict[str, Any]) -> str:
         gain = r["accuracy"] - r["majority_baseline"]
         versus = None if r["current"] is None else r["accuracy"] - r["current"]
         lines.append("<tr>" + td(r["attribute"])
-                     + td(f'{num(r["accuracy"])} <span class="bar" style="width:{80 * r["accuracy"]:.0f}px"></span>',
-                          sort=r["accuracy"], raw=True)
+                     + td(f'{num(r["accuracy"])} <span class="bar" title="bar: accuracy; mark: majority baseline">'
+                          f'<span style="width:{100 * r["accuracy"]:.0f}px"></span>'
+                          f'<i style="left:{100 * r["majority_baseline"]:.0f}px"></i></span>', sort=r["accuracy"], raw=True)
                      + td(num(r["majority_baseline"]), numeric=True) + td(signed(gain), sort=gain, numeric=True, raw=True)
                      + td(num(r["balanced_accuracy"]), numeric=True)
                      + td(num(r["current"]), numeric=True) + td(signed(versus), sort=versus, numeric=True, raw=True)

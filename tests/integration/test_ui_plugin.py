@@ -1,0 +1,257 @@
+"""The faceattr plugin in a real Airflow API server, with a real training run, seen by a real browser.
+
+A tiny faceattr_train run (synthetic data, resnet18 head on the CPU, 2 of 3 epoch groups) runs
+under dag.test(); then `airflow api-server` serves the same metadata DB, run store and data roots,
+with the plugin found through its entry point. The HTTP checks need no browser: every plugin
+route refuses a missing (401) or bad (403) credential, and downloads never leave the run folder.
+The browser checks drive Debian's Chromium through Python playwright (`executable_path`; nothing
+is downloaded): log in, open the faceattr nav page and the run's "Training report" tab, compare
+the figures shown with the run folder's, download model.pt, and save screenshots.
+
+Screenshots: test-artifacts/ui/*.png in the checkout (FACEATTR_TEST_ARTIFACTS=DIR puts them in DIR/ui).
+Without Chromium (FACEATTR_CHROMIUM, default /usr/bin/chromium) or playwright the browser test
+skips with the reason, except under CI (.ci/run installs both), where it fails.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from airflow_env import AIRFLOW, DAGS, REPO, AirflowClient, airflow_environ, configure, free_port, migrate, \
+    synthetic_source
+from support import missing
+
+configure()  # before airflow is imported
+
+from airflow.dag_processing.dagbag import DagBag  # noqa: E402
+
+from faceattr.attributes import ATTRIBUTES  # noqa: E402
+from faceattr.run import metrics  # noqa: E402
+from faceattr.run.layout import RunLayout  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = Path(os.environ.get("FACEATTR_CHROMIUM", "/usr/bin/chromium"))
+SHOTS = Path(os.environ.get("FACEATTR_TEST_ARTIFACTS") or REPO / "test-artifacts") / "ui"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """FACEATTR_HOME with one finished faceattr_train run (2 epochs, private images scored)."""
+    home = tmp_path_factory.mktemp("faceattr-ui")
+    source = synthetic_source(home / "source")
+    private = home / "private"
+    private.mkdir()
+    with zipfile.ZipFile(source / "img_align_celeba.zip") as archive:
+        for name in sorted(n for n in archive.namelist() if n.endswith(".jpg"))[:3]:
+            (private / Path(name).name).write_bytes(archive.read(name))
+    (private / "broken.jpg").write_bytes(b"not a JPEG")
+    env = {"FACEATTR_HOME": str(home), "FACEATTR_DATA_ROOTS": str(home),
+           "FACEATTR_DB_URL": f"sqlite:///{home / 'faceattr.db'}"}
+    conf = {"source": str(source), "root": str(home / "root"), "output": str(home / "runs"), "arch": "resnet18",
+            "weights": "none", "freeze_children": 9, "epochs": 2, "batch_size": 16, "lr": 3e-3, "device": "cpu",
+            "num_workers": 0, "seed": 3, "private_images": str(private)}
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        migrate(configure())
+        bag = DagBag(dag_folder=str(DAGS), known_pools={"default_pool", "gpu"})
+        assert bag.import_errors == {}
+        dag_run = bag.dags["faceattr_train"].test(run_conf=conf)
+        assert getattr(dag_run.state, "value", dag_run.state) == "success"
+        from faceattr.orchestration.tasks import sanitize_run_id
+
+        run_dir = home / "runs" / sanitize_run_id(dag_run.run_id)
+        yield {"home": home, "env": env, "dag_run_id": dag_run.run_id, "run_id": run_dir.name, "run_dir": run_dir}
+
+
+class ApiServer(AirflowClient):
+    def get(self, path: str, *, token: str | None = None, cookie: str | None = None) -> tuple[int, bytes]:
+        headers = {}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        if cookie:
+            headers["Cookie"] = f"_token={cookie}"
+        request = urllib.request.Request(self.url + path, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read()
+
+
+@pytest.fixture(scope="module")
+def server(trained):
+    home = configure()
+    password = secrets.token_urlsafe(12)
+    passwords = trained["home"] / "passwords.json"
+    passwords.write_text(json.dumps({"admin": password}))  # the simple auth manager keeps a password it finds
+    secret = secrets.token_urlsafe(32)
+    env = {**os.environ, **airflow_environ(home), **trained["env"],
+           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
+           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",  # True would let anonymous calls in
+           "AIRFLOW__API__SECRET_KEY": secret, "AIRFLOW__API_AUTH__JWT_SECRET": secret}
+    env.pop("PYTHONPATH", None)
+    done = subprocess.run([str(AIRFLOW), "dags", "reserialize"], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    port = free_port()
+    api = ApiServer(trained["home"], env)
+    api.url = f"http://127.0.0.1:{port}"
+    api.password = password
+    api.spawn("api-server", ["api-server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"])
+    try:
+        api.wait_for("the api-server", lambda: api.get("/api/v2/monitor/health")[0] == 200, timeout=180, every=0.5)
+        status, body = api.request("POST", "/auth/token", {"username": "admin", "password": password})
+        assert status == 201, body
+        api.token = body["access_token"]
+        yield api
+    finally:
+        api.stop()
+
+
+def files_url(trained, name: str) -> str:
+    return f"/faceattr/runs/{trained['run_id']}/files/{name}"
+
+
+def test_the_plugin_is_loaded_through_its_entry_point(server):
+    status, body = server.request("GET", "/api/v2/plugins")
+    assert status == 200, body
+    (plugin,) = [p for p in body["plugins"] if p["name"] == "faceattr"]
+    assert plugin["source"].startswith("faceattr=="), plugin["source"]
+    assert {v["destination"] for v in plugin["external_views"]} == {"nav", "dag_run"}
+    assert server.request("GET", "/api/v2/plugins/importErrors")[1]["total_entries"] == 0
+
+
+@pytest.mark.parametrize("path", ["/faceattr/", "/faceattr/api/runs", "/faceattr/runs/{run}",
+                                  "/faceattr/runs/{run}/files/model.pt", "/faceattr/api/runs/{run}/live",
+                                  "/faceattr/report/faceattr_train/{dag_run}", "/faceattr/compare?run={run}&run={run}"])
+def test_every_plugin_route_needs_an_airflow_login(server, trained, path):
+    path = path.format(run=trained["run_id"], dag_run=urllib.parse.quote(trained["dag_run_id"], safe=""))
+    assert server.get(path)[0] == 401
+    assert server.get(path, token="not-a-jwt")[0] == 403
+    assert server.get(path, cookie="not-a-jwt")[0] == 403
+    assert server.get(path, cookie=server.token)[0] == 200
+
+
+def test_the_json_holds_the_run_folder_figures(server, trained):
+    status, body = server.get(f"/faceattr/api/runs/{trained['run_id']}", token=server.token)
+    assert status == 200
+    view = json.loads(body)
+    run_dir = trained["run_dir"]
+    best = metrics.read_best(run_dir)
+    for epoch, value in view["curves"]["val_mean_accuracy"]:
+        assert value == pytest.approx(metrics.read_epoch_metrics(run_dir, "val", epoch)["mean_accuracy"])
+    assert [e for e, _ in view["curves"]["train_loss"]] == [1, 2]
+    assert view["selection"]["winner"] == best["epoch"]
+    tested = metrics.read_epoch_metrics(run_dir, "test", best["epoch"])
+    assert {r["attribute"]: r["accuracy"] for r in view["attributes"]} == pytest.approx(
+        {name: tested["attributes"][name]["accuracy"] for name in ATTRIBUTES})
+    assert [r["group"] for r in view["subgroups"]] == ["women", "men", "not young", "young"]
+    assert all(view["downloads"].values()), view["downloads"]
+    (row,) = [r for r in json.loads(server.get("/faceattr/api/runs", token=server.token)[1]) if r["id"] == trained["run_id"]]
+    assert (row["status"], row["epochs_done"], row["epochs_planned"], row["current"]) == ("success", 2, 2, True)
+
+
+def test_downloads_come_only_from_inside_the_run_folder(server, trained):
+    layout = RunLayout(trained["run_dir"])
+    status, body = server.get(files_url(trained, "model.pt"), token=server.token)
+    assert (status, body) == (200, layout.model.read_bytes())
+    assert server.get(files_url(trained, "report/index.html"), token=server.token)[0] == 200
+    secret = trained["home"] / "faceattr.db"  # inside the data roots, outside the run folder
+    (layout.report / "store.db").symlink_to(secret)
+    try:
+        for name in ("../../faceattr.db", "%2e%2e/%2e%2e/faceattr.db", "..%2f..%2ffaceattr.db", "report/store.db",
+                     "checkpoints/epoch_1.pt", "/etc/passwd", "split.csv"):
+            status, body = server.get(files_url(trained, name), token=server.token)
+            assert status in (400, 404), (name, status)
+            assert body != secret.read_bytes()
+    finally:
+        (layout.report / "store.db").unlink()
+    for run in ("..", "..%2f..%2fetc", "no_such_run"):
+        assert server.get(f"/faceattr/runs/{run}/files/model.pt", token=server.token)[0] in (400, 404), run
+
+
+def test_the_tab_on_another_dags_run_says_it_has_no_report(server):
+    status, body = server.get("/faceattr/report/faceattr_score/manual__1", token=server.token)
+    assert status == 200 and b"faceattr_score is not faceattr_train" in body
+
+
+def test_in_a_browser(server, trained):
+    if not CHROMIUM.exists():
+        missing(f"{CHROMIUM} is absent (apt-get install chromium; FACEATTR_CHROMIUM names another)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        missing("the playwright package is absent (pip install playwright; no browser download is needed)")
+    if SHOTS.exists():
+        shutil.rmtree(SHOTS)
+    SHOTS.mkdir(parents=True)
+    run_id, run_dir = trained["run_id"], trained["run_dir"]
+    best = metrics.read_best(run_dir)
+    tested = metrics.read_epoch_metrics(run_dir, "test", best["epoch"])
+    dag_run = urllib.parse.quote(trained["dag_run_id"], safe="")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM))
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 1000}, accept_downloads=True)
+            page.goto(server.url + "/")
+            page.wait_for_url("**/auth/login**")
+            page.fill("input[name=username]", "admin")
+            page.fill("input[name=password]", server.password)
+            page.click("button[type=submit]")
+            page.wait_for_url(lambda url: "/auth/login" not in url)
+
+            # The nav entry: the Runs page in Airflow's frame.
+            page.get_by_role("link", name="faceattr").first.click()
+            page.wait_for_url("**/plugin/faceattr")
+            frame = page.frame_locator("iframe[title='faceattr']")
+            frame.locator(f"#runs a:text-is('{run_id}')").wait_for()
+            row = frame.locator("#runs tbody tr", has_text=run_id)
+            assert f"{best['val_mean_accuracy']:.4f}" in row.inner_text()
+            page.screenshot(path=str(SHOTS / "runs_in_airflow.png"))
+
+            # The run's "Training report" tab: figures, selection, per attribute, subgroups.
+            page.goto(f"{server.url}/dags/faceattr_train/runs/{dag_run}")
+            page.get_by_role("link", name="Training report").click()
+            page.wait_for_url("**/plugin/faceattr-training-report")
+            frame = page.frame_locator("iframe[title='Training report']")
+            frame.locator("#selection").wait_for()
+            assert f"{tested['mean_accuracy']:.4f}" in frame.locator(".kpis").inner_text()
+            winner = frame.locator("#selection tr.winner").inner_text()
+            assert winner.split()[0] == str(best["epoch"]) and f"{best['val_mean_accuracy']:.4f}" in winner
+            assert frame.locator("#attributes tbody tr").count() == len(ATTRIBUTES)
+            smiling = frame.locator("#attributes tbody tr", has_text="Smiling").inner_text()
+            assert f"{tested['attributes']['Smiling']['accuracy']:.4f}" in smiling
+            assert frame.locator("#subgroups tbody tr").count() == 4
+            assert frame.locator("#chart-accuracy circle").count() >= 4  # 2 epochs x (train, val)
+            page.screenshot(path=str(SHOTS / "training_report_tab.png"))
+
+            with page.expect_download() as download:  # the link inside the (sandboxed) frame
+                frame.locator(".downloads a", has_text="model.pt").click()
+            assert Path(download.value.path()).read_bytes() == RunLayout(run_dir).model.read_bytes()
+
+            # The whole Run page at once, and the grid grouped by epoch.
+            page.goto(f"{server.url}/faceattr/runs/{run_id}")
+            page.screenshot(path=str(SHOTS / "run_page_full.png"), full_page=True)
+            page.goto(f"{server.url}/dags/faceattr_train/runs/{dag_run}")
+            page.get_by_text("epoch_03").first.wait_for()
+            page.screenshot(path=str(SHOTS / "grid_epoch_groups.png"))
+
+            # Without the login cookie, the plugin refuses the browser too.
+            page.context.clear_cookies()
+            response = page.goto(f"{server.url}/faceattr/runs/{run_id}")
+            assert response.status == 401
+        finally:
+            browser.close()
