@@ -36,6 +36,12 @@ FROZEN_PRETRAINED = 6  # the write-up's frozen children
 # not what it learns. Any other difference on resume is an error.
 EXECUTION_FIELDS = frozenset({"device", "num_workers", "epochs", "patience", "compile", "data_path"})
 
+# Named presets: RunConfig fields applied over a conf (RunConfig(**{**PRESETS[name], **conf})). The
+# defaults stay the write-up's recipe; "gpu" is the batch the fast path is measured at on one GPU
+# (issue 17), with the decode-once cache. SCORE_BATCH_SIZES: predict's batch for the same preset.
+PRESETS = {"gpu": {"batch_size": 256, "data_path": "cache", "device": "cuda"}}
+SCORE_BATCH_SIZES = {"gpu": 512}
+
 
 class ConfigError(ValueError):
     """A configuration value is wrong; the message names the field."""

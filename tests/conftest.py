@@ -3,10 +3,11 @@ the machine's PostgreSQL, torch's thread count, and the marker rules.
 
 Markers: `realdata` for every test that reads ../shared, `services` for tests that need the
 machine's PostgreSQL or Redis (both checked at collection for the fixtures that need them), `slow`
-for tests that train or run Airflow end to end.
+for tests that train or run Airflow end to end, `cuda` for tests that need a GPU.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -18,6 +19,28 @@ from support import postgres_database, require_shared
 # deselect every test that would otherwise skip or fail for want of the files or the server.
 FIXTURE_MARKERS = {"celeba_sample": "realdata", "celeba_annotations": "realdata", "postgres_url": "services"}
 TORCH_THREADS = 2  # the test machines' cores are shared: more threads only contend
+
+
+# FACEATTR_REQUIRE_CUDA=1 (benchmarks/gpu_check.py sets it): a test marked `cuda` fails instead of
+# skipping when no CUDA device is usable, so a broken driver cannot pass as "skipped".
+REQUIRE_CUDA = os.environ.get("FACEATTR_REQUIRE_CUDA") == "1"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "cuda: needs a CUDA device; skipped without one, a failure under "
+                                       "FACEATTR_REQUIRE_CUDA=1")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("cuda") is None:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        message = "needs a CUDA device (torch.cuda.is_available() is False)"
+        if REQUIRE_CUDA:
+            pytest.fail(message + "; FACEATTR_REQUIRE_CUDA=1 requires one", pytrace=False)
+        pytest.skip(message)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

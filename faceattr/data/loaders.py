@@ -15,7 +15,7 @@ from faceattr.config import ConfigError, RunConfig
 from faceattr.data.images import open_image
 from faceattr.data.layout import ATTR_FILE, celeba_dir, images_dir
 from faceattr.data.transforms import augment_batch, augment_params, eval_transform, normalise_batch, train_transform
-from faceattr.runtime import derive_seed, resolve_num_workers, worker_init_fn
+from faceattr.runtime import derive_seed, resolve_num_workers, should_compile, worker_init_fn
 
 
 class CelebAImages(Dataset):
@@ -116,9 +116,10 @@ def make_loader(
     num_workers = resolve_num_workers(config.num_workers)
     generator = torch.Generator()
     generator.manual_seed(derive_seed(config.seed, epoch))
+    batch_size = batch_size or config.batch_size
     return DataLoader(
         dataset,
-        batch_size=batch_size or config.batch_size,
+        batch_size=batch_size,
         shuffle=train,
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
@@ -126,6 +127,10 @@ def make_loader(
         generator=generator,
         persistent_workers=False,
         prefetch_factor=4 if num_workers > 0 else None,
+        # A compiled model is compiled again for a new batch shape, so training drops the last
+        # partial batch then (the cache path always does); data-parallel ranks then split only
+        # full batches too.
+        drop_last=train and should_compile(config.compile, device) and len(dataset) > batch_size,
     )
 
 
@@ -234,6 +239,16 @@ class CachedLoader:
         # Sorted within a batch: reads from the memory map go forward; the batch is the same set.
         return [part.tensor_split(self.world_size)[self.rank].sort().values for part in order.split(self.batch_size)]
 
+    def _device_indices(self, batches: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """The batches' indices on the device, in one copy from pinned memory.
+
+        A copy from pageable memory waits for the GPU to finish its queue, once per batch.
+        """
+        flat = torch.cat(batches)
+        if self.device.type == "cuda":
+            flat = flat.pin_memory()
+        return flat.to(self.device, non_blocking=True).split([len(index) for index in batches])
+
     def _host_batch(self, index: torch.Tensor) -> torch.Tensor:
         """Gather one batch from the memory map (into pinned memory on CUDA); runs in a thread."""
         array = self.dataset.array
@@ -247,7 +262,7 @@ class CachedLoader:
         if self.world_size > 1:  # the same shuffle on every rank, but each its own flips and crops
             generator = torch.Generator().manual_seed(derive_seed(self.seed, self.rank))
         if self.resident:
-            images_of = (self._on_device.index_select(0, index.to(self.device, non_blocking=True)) for index in batches)
+            images_of = (self._on_device.index_select(0, index) for index in self._device_indices(batches))
             yield from self._finish(batches, images_of, generator)
             return
         from concurrent.futures import ThreadPoolExecutor

@@ -69,7 +69,8 @@ CROP_LEFT_MAX = AUGMENT_SIZE[0] - IMAGE_SIZE[0]  # 42: left offset in [0, 42]
 def augment_params(n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Random (flip, top, left) per image, drawn as RandomHorizontalFlip(0.5) and RandomCrop draw them.
 
-    Drawn on the CPU from `generator`, so a seeded epoch repeats on any device.
+    Drawn on the CPU from `generator`, so a seeded epoch repeats on any device (augment_batch
+    moves them in one pinned copy).
     """
     flip = torch.rand(n, generator=generator) < 0.5
     top = torch.randint(0, CROP_TOP_MAX + 1, (n,), generator=generator)
@@ -98,8 +99,13 @@ def augment_batch(images: torch.Tensor, flip: torch.Tensor, top: torch.Tensor, l
         resized = torch.nn.functional.interpolate(nchw.float(), size=(aug_height, aug_width), mode="bilinear",
                                                   antialias=True)
     rows_of_pixels = resized.permute(0, 2, 3, 1).contiguous().view(n * aug_height, aug_width * 3)
-    # non_blocking: a plain .to() from host memory would wait for the GPU to finish its queue.
-    top, left, flip = (t.to(device, non_blocking=True) for t in (top, left, flip))
+    # One copy of the draws, from pinned memory: a copy from pageable host memory (non_blocking
+    # or not) waits for the GPU to finish its queue.
+    draws = torch.stack([top.long(), left.long(), flip.long()])
+    if device.type == "cuda" and draws.device.type == "cpu":
+        draws = draws.pin_memory()
+    top, left, flip = draws.to(device, non_blocking=True).unbind()
+    flip = flip.bool()
     rows = (torch.arange(n, device=device)[:, None] * aug_height + top[:, None] + torch.arange(height, device=device))
     kept_rows = rows_of_pixels.index_select(0, rows.view(-1)).view(n, height, aug_width * 3)
     # Cropping at `left` in the flipped image is cropping the mirrored window, then flipping it.

@@ -240,3 +240,26 @@ def test_eval_loader_keeps_split_order_and_labels(run_dir):
 def test_make_loader_rejects_an_unknown_split(run_dir):
     with pytest.raises(ValueError, match="holdout"):
         make_loader(run_dir, _config(run_dir), "holdout", train=False, device=CPU)
+
+
+def test_a_compiled_model_gets_only_full_training_batches(run_dir):
+    """A new batch shape recompiles a compiled model: with compile on, training drops the last partial batch."""
+    from faceattr.engine.parallel import Rank, RankBatches
+
+    n = int((load_split_frame(run_dir)["split"] == "train").sum())
+    size = next(b for b in range(7, 30) if n % b >= 2)  # a remainder that two ranks could still split
+
+    def batch_sizes(loader) -> list[int]:
+        return [len(batch) for batch in loader.batch_sampler]  # the sampler only: no image is decoded
+
+    compiled = make_loader(run_dir, _config(run_dir, compile=True, batch_size=size), "train", train=True, device=CPU)
+    assert batch_sizes(compiled) == [size] * (n // size) and len(compiled) == n // size
+    eager = make_loader(run_dir, _config(run_dir, compile=False, batch_size=size), "train", train=True, device=CPU)
+    assert batch_sizes(eager)[-1] == n % size  # the write-up's loader keeps every image
+    evaluation = make_loader(run_dir, _config(run_dir, compile=True, batch_size=size), "val", train=False, device=CPU)
+    assert sum(batch_sizes(evaluation)) == len(evaluation.dataset)  # scoring sees every image
+    # Data-parallel ranks split only full global batches: each rank's batches have one size.
+    for rank in (0, 1):
+        shares = RankBatches(compiled.batch_sampler, Rank(rank, 2))
+        sizes = [len(share) for share in shares]
+        assert len(set(sizes)) == 1 and len(sizes) == len(shares) == n // size

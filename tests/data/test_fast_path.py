@@ -274,8 +274,9 @@ def test_device_jpeg_decode_gives_the_pil_results_and_errors(tmp_path, monkeypat
 
     pil_result, pil_table, pil_errors = run("pil", ())
     calls = []
-    real_decode = predict_module.decode_jpeg_batch
-    monkeypatch.setattr(predict_module, "decode_jpeg_batch", lambda *a: calls.append(len(a[0])) or real_decode(*a))
+    real_decode = predict_module.JpegDecoder.decode
+    monkeypatch.setattr(predict_module.JpegDecoder, "decode",
+                        lambda self, raw: calls.append(len(raw.indices)) or real_decode(self, raw))
     fast_result, fast_table, fast_errors = run("fast", ("cpu",))
 
     assert sum(calls) == 5  # the plain JPEGs: 3 RGB, the grayscale one, the larger one
@@ -335,8 +336,25 @@ def test_a_device_resident_cache_gives_the_same_batches():
             assert torch.equal(a, b) and torch.equal(la, lb)
 
 
-# -- CUDA (skipped without a GPU): the device paths agree with the CPU ones --------------------------
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+# -- CUDA (skipped without a GPU; failures under FACEATTR_REQUIRE_CUDA=1): the device paths agree with the CPU ones
+cuda = pytest.mark.cuda
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks what happens without a CUDA device")
+def test_require_cuda_turns_the_cuda_skips_into_failures():
+    import os
+    import subprocess
+    import sys
+
+    def outcome(require: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
+                   "test_cuda_augmentation_equals_the_cpu_one"]
+        env = {**os.environ, "FACEATTR_REQUIRE_CUDA": require}
+        return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+
+    skipped, failed = outcome("0"), outcome("1")
+    assert skipped.returncode == 0 and "1 skipped" in skipped.stdout, skipped.stdout[-2000:]
+    assert failed.returncode == 1 and "FACEATTR_REQUIRE_CUDA=1 requires one" in failed.stdout, failed.stdout[-2000:]
 
 
 @cuda
@@ -388,8 +406,9 @@ def test_cuda_predict_decodes_jpegs_with_nvjpeg_and_keeps_the_errors(tmp_path, m
     model_path = export_model(tmp_path / "model.pt", model.state_dict(), RunConfig(arch="resnet18", weights="none"),
                               epoch=1, thresholds=np.zeros(40, np.float32), run="t", val_mean_accuracy=0.0)
     calls = []
-    real_decode = predict_module.decode_jpeg_batch
-    monkeypatch.setattr(predict_module, "decode_jpeg_batch", lambda *a: calls.append(len(a[0])) or real_decode(*a))
+    real_decode = predict_module.JpegDecoder.decode
+    monkeypatch.setattr(predict_module.JpegDecoder, "decode",
+                        lambda self, raw: calls.append(len(raw.indices)) or real_decode(self, raw))
     gpu = predict_module.predict(model_path, folder, tmp_path / "gpu.csv", scores=True, batch_size=4, device="cuda")
     assert sum(calls) == 6
     cpu = predict_module.predict(model_path, folder, tmp_path / "cpu.csv", scores=True, batch_size=4, device="cpu")
