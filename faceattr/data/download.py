@@ -12,6 +12,7 @@ interrupted run leaves nothing a later run would trust.
 Verification: the full official files (the attribute file's count line says 202,599) must match
 the official md5s. Any other source gets a manifest of counts and sha256s, checked on re-run.
 A re-run trusts files whose size and mtime are unchanged, so it never re-hashes 1.4 GB.
+Where the files come from (folder, mirror, Google Drive) is faceattr.data.sources.
 """
 from __future__ import annotations
 
@@ -21,11 +22,8 @@ import hashlib
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import zipfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -35,8 +33,10 @@ from typing import Any, Iterator
 
 from faceattr.fsutil import raise_if_full, read_json, write_json
 from faceattr.progress import Progress
-from faceattr.data.labels import OFFICIAL_COUNT, looks_like_html, read_attributes, read_identity, read_partition
+from faceattr.data.labels import OFFICIAL_COUNT, read_attributes, read_identity, read_partition
 from faceattr.data.layout import ATTR_FILE, IDENTITY_FILE, IMAGES_DIR, IMAGES_ZIP, PARTITION_FILE, celeba_dir
+from faceattr.data import sources
+from faceattr.data.sources import CHUNK, LOG_EVERY_S, WORKAROUND, DownloadError
 
 log = logging.getLogger(__name__)
 
@@ -51,27 +51,7 @@ OFFICIAL_MD5 = {
     IDENTITY_FILE: "32bd1bd63d3c78cd57e08160ec5ed1e2",
     IMAGES_ZIP: "00d2c5bc6d35e252742224ab0c1e8fcb",
 }
-# The ids torchvision's datasets/celeba.py downloads from.
-GDRIVE_IDS = {
-    IMAGES_ZIP: "0B7EVK8r0v71pZjFTYXZWM3FlRnM",
-    ATTR_FILE: "0B7EVK8r0v71pblRyaVFSWGxPY0U",
-    IDENTITY_FILE: "1_ee_0u7vcNLOfNLegJRHmolfH5ICW-XS",
-    PARTITION_FILE: "0B7EVK8r0v71pY0NSMzRuSXJEVkk",
-}
-CELEBA_PAGE = "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html"
-WORKAROUND = (
-    f"download the files by hand (from {CELEBA_PAGE}) into a folder and run "
-    "'faceattr download --source FOLDER --root ROOT', or use a mirror: '--source https://MIRROR/'"
-)
-
-CHUNK = 4 << 20
 EXTRACT_THREADS = 8
-HTTP_TIMEOUT_S = 60
-LOG_EVERY_S = 15.0  # progress line interval when stderr is not a terminal
-
-
-class DownloadError(ValueError):
-    """The source is unusable or the data failed verification; the message names the file."""
 
 
 def acquire(source: str, root: Path) -> dict[str, Any]:
@@ -83,7 +63,7 @@ def acquire(source: str, root: Path) -> dict[str, Any]:
     the counts and the paths.
     """
     started = time.monotonic()
-    source_id = _source_id(source)
+    source_id = sources.canonical(source)
     dest = celeba_dir(root)
     dest.mkdir(parents=True, exist_ok=True)
     with _locked(dest):
@@ -102,23 +82,23 @@ def acquire(source: str, root: Path) -> dict[str, Any]:
 
 # -- the work -----------------------------------------------------------------------------------
 def _fetch_and_verify(source_id: str, dest: Path, staging: Path) -> dict[str, Any]:
-    local = Path(source_id) if _is_local(source_id) else None
+    local = Path(source_id) if sources.is_local(source_id) else None
     labels: dict[str, Path] = {}
     for name in LABEL_FILES:
         target = staging / name
-        if _fetch(source_id, name, target):
+        if sources.fetch(source_id, name, target):
             labels[name] = target
         elif name in OPTIONAL_FILES:
             log.warning("%s: no %s; the 'identity' split strategy will not be available", source_id, name)
         else:
-            raise DownloadError(f"{_origin(source_id, name)}: not found; the source must provide {name}")
+            raise DownloadError(f"{sources.origin(source_id, name)}: not found; the source must provide {name}")
 
-    hashes = {name: _hash_file(path, _origin(source_id, name)) for name, path in labels.items()}
+    hashes = {name: _hash_file(path, sources.origin(source_id, name)) for name, path in labels.items()}
     image_names, counts = _read_labels(source_id, labels)
     official = counts["attributes"] == OFFICIAL_COUNT
     if official:
         for name in labels:
-            _check_md5(_origin(source_id, name), hashes[name]["md5"], OFFICIAL_MD5[name])
+            _check_md5(sources.origin(source_id, name), hashes[name]["md5"], OFFICIAL_MD5[name])
 
     in_place = local is not None and local == dest.resolve() and (dest / IMAGES_DIR).is_dir()
     archive, images = _stage_images(source_id, dest, staging, image_names, official, in_place)
@@ -160,7 +140,7 @@ def _stage_images(
     """Images into staging/img_align_celeba, from a zip (the source's own, or one downloaded into
     staging) or an extracted folder. Returns (the zip's size and hashes or None, the staged folder
     or None when the images are already in place)."""
-    local = Path(source_id) if _is_local(source_id) else None
+    local = Path(source_id) if sources.is_local(source_id) else None
     if in_place:
         # An existing torchvision folder used as its own source: the images are already there.
         _check_folder(dest / IMAGES_DIR, image_names)
@@ -168,8 +148,8 @@ def _stage_images(
     if local is not None and not (local / IMAGES_ZIP).is_file():
         return None, _copy_folder(local / IMAGES_DIR, image_names, staging)
     zip_path = local / IMAGES_ZIP if local is not None else staging / IMAGES_ZIP
-    zip_origin = _origin(source_id, IMAGES_ZIP)
-    if local is None and not _fetch(source_id, IMAGES_ZIP, zip_path):
+    zip_origin = sources.origin(source_id, IMAGES_ZIP)
+    if local is None and not sources.fetch(source_id, IMAGES_ZIP, zip_path):
         raise DownloadError(f"{zip_origin}: not found; the source must provide {IMAGES_ZIP}")
     archive = {"size": zip_path.stat().st_size, **_hash_file(zip_path, zip_origin, progress=True)}
     if official:
@@ -190,7 +170,7 @@ def _read_labels(source_id: str, labels: dict[str, Path]) -> tuple[set[str], dic
         if listed != names:
             unlisted, extra = sorted(names - listed), sorted(listed - names)
             raise DownloadError(
-                f"{_origin(source_id, name)}: does not list the same images as {ATTR_FILE}: "
+                f"{sources.origin(source_id, name)}: does not list the same images as {ATTR_FILE}: "
                 f"{len(unlisted)} missing {_first(unlisted)}, {len(extra)} extra {_first(extra)}"
             )
     counts = {
@@ -210,7 +190,7 @@ def _extract(zip_path: Path, origin: str, image_names: set[str], staging: Path) 
     try:
         archive = zipfile.ZipFile(zip_path)
     except (zipfile.BadZipFile, OSError) as exc:
-        hint = " It is an HTML page: " + WORKAROUND if _is_html(zip_path) else " Delete it and download again."
+        hint = " It is an HTML page: " + WORKAROUND if sources.is_html(zip_path) else " Delete it and download again."
         raise DownloadError(f"{origin}: not a valid zip archive ({exc}).{hint}") from None
     out = staging / IMAGES_DIR
     out.mkdir()
@@ -271,17 +251,9 @@ def _copy_folder(folder: Path, image_names: set[str], staging: Path) -> Path:
     out.mkdir()
     with Progress(len(present), f"copy {folder}", unit="files", log_every_s=LOG_EVERY_S) as progress:
         for name in present:
-            _copy(folder / name, out / name)
+            sources.copy_file(folder / name, out / name)
             progress.update(1)
     return out
-
-
-def _copy(source: Path, target: Path) -> None:
-    try:
-        shutil.copyfile(source, target)
-    except OSError as exc:
-        raise_if_full(exc, target)  # shutil's own message names neither file
-        raise
 
 
 def _check_folder(folder: Path, image_names: set[str]) -> None:
@@ -294,95 +266,6 @@ def _check_missing(origin: str, image_names: set[str], present) -> None:
         raise DownloadError(
             f"{origin}: {len(missing)} image(s) listed in {ATTR_FILE} are not in it, {_first(missing)}"
         )
-
-
-# -- fetching -----------------------------------------------------------------------------------
-def _source_id(source: str) -> str:
-    """The source in a canonical form: 'gdrive', a URL without a trailing slash, or an absolute folder."""
-    if source == "gdrive":
-        return source
-    if source.startswith(("http://", "https://")):
-        return source.rstrip("/")
-    folder = Path(source).expanduser()
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{source}: no such folder; give a folder, an http(s) URL or 'gdrive'")
-    folder = folder.resolve()
-    if not (folder / ATTR_FILE).exists() and (folder / "celeba" / ATTR_FILE).exists():
-        folder = folder / "celeba"  # a torchvision ROOT rather than ROOT/celeba
-    return str(folder)
-
-
-def _is_local(source_id: str) -> bool:
-    return source_id != "gdrive" and not source_id.startswith(("http://", "https://"))
-
-
-def _origin(source_id: str, name: str) -> str:
-    """Where `name` comes from, for messages."""
-    if source_id == "gdrive":
-        return f"Google Drive file {GDRIVE_IDS[name]} ({name})"
-    if _is_local(source_id):
-        return str(Path(source_id) / name)
-    return f"{source_id}/{name}"
-
-
-def _fetch(source_id: str, name: str, target: Path) -> bool:
-    """Copy or download `name` into `target`; False when the source does not have it."""
-    if _is_local(source_id):
-        path = Path(source_id) / name
-        if not path.is_file():
-            return False
-        _copy(path, target)
-    elif source_id == "gdrive":
-        _gdrive_download(name, target)
-    else:
-        if not _http_download(f"{source_id}/{name}", target):
-            return False
-    if _is_html(target):
-        raise DownloadError(
-            f"{_origin(source_id, name)}: is an HTML page, not {name} (Google Drive serves one when the "
-            f"file's download quota is exceeded); {WORKAROUND}"
-        )
-    return True
-
-
-def _http_download(url: str, target: Path) -> bool:
-    try:
-        response = urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S)
-    except urllib.error.HTTPError as exc:
-        if exc.code == 404:
-            return False
-        raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise DownloadError(f"{url}: cannot download ({getattr(exc, 'reason', exc)})") from None
-    with response, open(target, "wb") as out:
-        total = int(response.headers.get("Content-Length") or 0) or None
-        with Progress(total, f"download {url}", unit="B", log_every_s=LOG_EVERY_S) as progress:
-            try:
-                while chunk := response.read(CHUNK):
-                    out.write(chunk)
-                    progress.update(len(chunk))
-            except OSError as exc:
-                raise_if_full(exc, target)
-                raise DownloadError(f"{url}: download interrupted ({exc})") from None
-    if total is not None and target.stat().st_size != total:
-        raise DownloadError(f"{url}: got {target.stat().st_size} bytes of {total}; download again")
-    return True
-
-
-def _gdrive_download(name: str, target: Path) -> None:
-    try:
-        import gdown
-    except ImportError:
-        raise DownloadError(
-            f"the 'gdrive' source needs gdown: pip install 'faceattr[gdrive]'; or {WORKAROUND}"
-        ) from None
-    file_id = GDRIVE_IDS[name]
-    try:
-        result = gdown.download(id=file_id, output=str(target), quiet=not sys.stderr.isatty())
-    except Exception as exc:  # gdown raises its own types (quota, permissions, network)
-        raise DownloadError(f"Google Drive file {file_id} ({name}): {exc}; {WORKAROUND}") from None
-    if result is None or not target.is_file():
-        raise DownloadError(f"Google Drive file {file_id} ({name}): download failed; {WORKAROUND}")
 
 
 # -- verification -------------------------------------------------------------------------------
@@ -443,11 +326,6 @@ def _hash_file(path: Path, origin: str, progress: bool = False) -> dict[str, str
     return {"md5": md5.hexdigest(), "sha256": sha256.hexdigest()}
 
 
-def _is_html(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return looks_like_html(f.read(1024))
-
-
 def _stat(path: Path) -> dict[str, int]:
     st = path.stat()
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
@@ -474,7 +352,7 @@ def _errors_named(labels: dict[str, Path], source_id: str) -> Iterator[None]:
     except ValueError as exc:
         message = str(exc)
         for name, path in labels.items():
-            message = message.replace(str(path), _origin(source_id, name))
+            message = message.replace(str(path), sources.origin(source_id, name))
         raise DownloadError(message) from None
 
 

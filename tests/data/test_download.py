@@ -1,4 +1,4 @@
-"""faceattr.data.download: acquire from a folder, an http mirror or Google Drive; verify; re-run; refuse bad input."""
+"""faceattr.data.download (verify, extract, re-run) with data.sources (a folder, an http mirror, Google Drive); bad input."""
 from __future__ import annotations
 
 import contextlib
@@ -19,9 +19,10 @@ import numpy as np
 import pytest
 
 from faceattr import cli
-from faceattr.data import download
-from faceattr.data.download import DownloadError, acquire
+from faceattr.data import download, sources
+from faceattr.data.download import acquire
 from faceattr.data.labels import read_attributes
+from faceattr.data.sources import DownloadError
 
 LABEL_FILES = ("list_attr_celeba.txt", "list_eval_partition.txt", "identity_CelebA.txt")
 
@@ -231,7 +232,7 @@ def test_gdrive_ids_and_quota_page(source, tmp_path, monkeypatch):
 
     def fake_download(id, output, quiet):
         requested.append(id)
-        name = {v: k for k, v in download.GDRIVE_IDS.items()}[id]
+        name = {v: k for k, v in sources.GDRIVE_IDS.items()}[id]
         data = HTML_PAGE if name == "img_align_celeba.zip" else (source / name).read_bytes()
         Path(output).write_bytes(data)
         return output
