@@ -240,6 +240,9 @@ def _load_previous(layout: RunLayout, epoch: int, config: RunConfig) -> dict | N
     return checkpoint
 
 
+_process_trained = False  # has this process trained an epoch yet (see startup_s)
+
+
 def train_epoch(run_dir: str | Path, epoch: int, config: RunConfig, *, rank: Rank = Rank.single()) -> dict:
     """Train epoch `epoch` (1-based) of the run; write checkpoints/epoch_K.pt and metrics/train_epoch_K.json.
 
@@ -252,17 +255,21 @@ def train_epoch(run_dir: str | Path, epoch: int, config: RunConfig, *, rank: Ran
     (each rank trains its share of every batch; only rank 0 writes).
 
     Besides the training figures, the metrics file records what the epoch task cost apart from the
-    loop (each epoch is its own process): "startup_s" (process start to here, Linux only), "load_s"
-    (checkpoint and model), "upload_s" (the train loader: on the fast path, the split's copy to the
-    GPU), "compile_s" (with torch.compile, the first step, which compiles), "recalibration_s",
-    "save_s" and "task_s" (all of it, start-up included when measured).
+    loop (each epoch is its own process): "startup_s" (process start to here, Linux only; None
+    for a process's later epochs), "load_s" (checkpoint and model), "upload_s" (the train loader:
+    on the fast path, the split's copy to the GPU), "compile_s" (with torch.compile, the first
+    step, which compiles), "recalibration_s", "save_s" and "task_s" (all of it, start-up included
+    when measured).
     """
     from faceattr import settings
     from faceattr.checkpoint import save_checkpoint
     from faceattr.data.loaders import make_loader
     from faceattr.model import model_from_config
 
-    entered, startup = time.perf_counter(), process_age_s()
+    global _process_trained
+    # Start-up counts for the first epoch of a process only: `faceattr fit` trains all in one.
+    entered, startup = time.perf_counter(), None if _process_trained else process_age_s()
+    _process_trained = True
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
         raise ValueError(f"epoch: {epoch!r} must be an integer >= 1")
     run_dir = Path(run_dir)
