@@ -169,9 +169,10 @@ def test_predict_folder_writes_rows_and_errors(tmp_path, model_file):
 
     folder = _write_folder(tmp_path / "private", _input_files())
     out = tmp_path / "out" / "preds.csv"
-    # The issue's check, through the command line.
+    # The issue's check, through the command line. On the CPU: the scores are compared with fp32
+    # CPU ones at 1e-4 (on CUDA predict runs bf16 with nvjpeg; test_fast_path's CUDA test covers that).
     assert main(["predict", "--model", str(model_file), "--images", str(folder), "--out", str(out),
-                 "--scores", "--batch-size", "4"]) == 0
+                 "--scores", "--batch-size", "4", "--device", "cpu"]) == 0
 
     table = pd.read_csv(out, dtype={"image_id": str})
     assert list(table.columns) == ["image_id", *ATTRIBUTES, *(f"{n}_score" for n in ATTRIBUTES)]
@@ -272,3 +273,117 @@ def test_predict_real_celeba_images_from_a_zip(celeba_sample, tmp_path, model_fi
     table = pd.read_csv(tmp_path / "real.csv", dtype={"image_id": str})
     assert table["image_id"].tolist() == names
     assert set(np.unique(table[list(ATTRIBUTES)].to_numpy())) <= {-1, 1}
+
+
+# -- the device-decode path (nvjpeg on CUDA), exercised on the CPU ------------------------------------
+def _jpeg_folder(folder: Path, n: int) -> Path:
+    """n plain JPEGs, a truncated one and a text file (two error rows)."""
+    folder.mkdir()
+    for i in range(n):
+        (folder / f"{i:04d}.jpg").write_bytes(_encode(_face(100 + i % 7), "JPEG", quality=90))
+    whole = (folder / "0000.jpg").read_bytes()
+    (folder / "zz_truncated.jpg").write_bytes(whole[: len(whole) // 2])
+    (folder / "zz_notes.txt").write_text("not an image")
+    return folder
+
+
+def _device_decode_on_cpu(monkeypatch, fail=None) -> list[int]:
+    """Make predict take the device-decode path on the CPU; `fail(files)` may return an exception to raise.
+
+    Returns the list that receives the number of files of each decode_jpeg call.
+    """
+    import torchvision.io
+
+    import faceattr.engine.predict as predict_module
+
+    monkeypatch.setattr(predict_module, "DEVICE_DECODE", ("cpu",))
+    real, calls = torchvision.io.decode_jpeg, []
+
+    def decode_jpeg(input, *args, **kwargs):
+        files = input if isinstance(input, list) else [input]
+        calls.append(len(files))
+        error = fail([f.numpy().tobytes() for f in files]) if fail else None
+        if error is not None:
+            raise error
+        return real(input, *args, **kwargs)
+
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", decode_jpeg)
+    return calls
+
+
+def _outputs(out: Path) -> tuple[str, str]:
+    return out.read_text(), out.with_name(out.stem + ".errors.csv").read_text()
+
+
+def test_predict_with_many_loader_workers_and_a_low_open_file_limit(tmp_path, model_file):
+    """512 raw JPEGs per batch from 2 workers under `ulimit -n 128`: one packed tensor per batch, not one per file.
+
+    (One tensor per file costs a file descriptor each: the workers died with EMFILE and predict hung.)
+    """
+    import subprocess
+    import sys
+    import textwrap
+
+    folder = _jpeg_folder(tmp_path / "many", 600)
+    script = textwrap.dedent(f"""
+        import resource, sys, torch
+        resource.setrlimit(resource.RLIMIT_NOFILE, (128, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+        import faceattr.engine.predict as predict_module
+        predict_module.DEVICE_DECODE = ("cpu",)
+        import faceattr.runtime
+        faceattr.runtime.resolve_num_workers = lambda n: 2  # two worker processes on any machine
+        # The model is not what is tested: zeros keep 600 images fast on two cores.
+        predict_module._run_model = lambda model, images, device: torch.zeros(len(images), 40)
+        result = predict_module.predict({str(model_file)!r}, {str(folder)!r}, {str(tmp_path / "out.csv")!r},
+                                        batch_size=512, device="cpu")
+        print(result["images"], result["rows"], result["errors"])
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["602", "600", "2"]
+
+
+def test_a_file_the_device_cannot_decode_is_logged_and_read_by_pil(tmp_path, model_file, monkeypatch, caplog):
+    folder = _jpeg_folder(tmp_path / "images", 6)
+    odd = (folder / "0003.jpg").read_bytes()
+    (folder / "0003.jpg").write_bytes(odd + b"\0")  # a byte after the end marker: plain, and unique
+    odd = (folder / "0003.jpg").read_bytes()
+    predict(model_file, folder, tmp_path / "pil.csv", scores=True, batch_size=8, device="cpu")
+
+    cause = RuntimeError("Error while decoding JPEG images: Failed to get image info: 6")
+    calls = _device_decode_on_cpu(monkeypatch, lambda files: cause if odd in files else None)
+    with caplog.at_level("WARNING"):
+        result = predict(model_file, folder, tmp_path / "device.csv", scores=True, batch_size=8, device="cpu")
+    assert calls == [6, 1, 1, 1, 1, 1, 1]  # the batch, then file by file
+    assert (result["rows"], result["errors"]) == (6, 2)
+    pil_table = pd.read_csv(tmp_path / "pil.csv", index_col="image_id")
+    device_table = pd.read_csv(tmp_path / "device.csv", index_col="image_id")
+    assert device_table.index.tolist() == pil_table.index.tolist()
+    assert np.allclose(device_table.to_numpy(), pil_table.to_numpy(), atol=1e-4)
+    assert _outputs(tmp_path / "device.csv")[1] == _outputs(tmp_path / "pil.csv")[1]  # the error rows, exactly
+    messages = [r.getMessage() for r in caplog.records if r.name == "faceattr.data.jpeg"]
+    assert any("batch of 6" in m and "Failed to get image info: 6" in m for m in messages), messages
+    assert any("1 file(s)" in m and "through PIL" in m for m in messages), messages
+
+
+@pytest.mark.parametrize("error", [torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+                                   RuntimeError("Error while decoding JPEG images: CUDA out of memory")])
+def test_out_of_memory_while_decoding_is_raised(tmp_path, model_file, monkeypatch, error):
+    folder = _jpeg_folder(tmp_path / "images", 3)
+    _device_decode_on_cpu(monkeypatch, lambda files: error)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        predict(model_file, folder, tmp_path / "out.csv", batch_size=2, device="cpu")
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_a_device_problem_turns_device_decoding_off_for_the_run(tmp_path, model_file, monkeypatch, caplog):
+    folder = _jpeg_folder(tmp_path / "images", 7)
+    predict(model_file, folder, tmp_path / "pil.csv", batch_size=3, device="cpu")
+    calls = _device_decode_on_cpu(
+        monkeypatch, lambda files: RuntimeError("decode_jpegs_cuda: torchvision not compiled with nvJPEG support"))
+    with caplog.at_level("WARNING"):
+        result = predict(model_file, folder, tmp_path / "device.csv", batch_size=3, device="cpu")
+    assert calls == [3]  # three batches of JPEGs; only the first tried the device
+    assert (result["rows"], result["errors"]) == (7, 2)
+    assert _outputs(tmp_path / "device.csv") == _outputs(tmp_path / "pil.csv")
+    assert any("turned off" in r.getMessage() and "not compiled with nvJPEG" in r.getMessage() for r in caplog.records)
