@@ -89,8 +89,8 @@ class JpegDecoder:
     so the batch is then decoded file by file, and what still fails goes through open_image,
     which reads it or gives the errors file its reason; each fallback is logged with its cause.
     Out of memory is raised, not hidden. An error about the device or the library (DEVICE_PROBLEMS),
-    or a batch of which the device decoded nothing while PIL read some, turns the device decoder
-    off (`enabled`) for the rest of the run: every later file goes through open_image.
+    or a batch of which the device decoded nothing while PIL read at least 4 files, turns the
+    device decoder off (`enabled`) for the rest of the run: every later file goes through open_image.
     """
 
     def __init__(self, device, image_size, mean, std, transform):
@@ -134,8 +134,8 @@ class JpegDecoder:
                 continue
             pil_indices.append(index)
             pil_images.append(self.transform(pil_image))
-        if self.enabled and len(files) > 1 and not pixels and pil_images:
-            self._stop("it decoded none of a batch of which PIL read %d" % len(pil_images))
+        if self.enabled and len(files) >= 4 and not pixels and len(pil_images) >= 4:
+            self._stop(f"it decoded none of a batch of {len(files)} of which PIL read {len(pil_images)}")
 
         parts = []
         if pixels:

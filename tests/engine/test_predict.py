@@ -387,3 +387,15 @@ def test_a_device_problem_turns_device_decoding_off_for_the_run(tmp_path, model_
     assert (result["rows"], result["errors"]) == (7, 2)
     assert _outputs(tmp_path / "device.csv") == _outputs(tmp_path / "pil.csv")
     assert any("turned off" in r.getMessage() and "not compiled with nvJPEG" in r.getMessage() for r in caplog.records)
+
+
+def test_a_device_that_decodes_nothing_pil_can_read_is_turned_off(tmp_path, model_file, monkeypatch, caplog):
+    """An unknown error on every file, though PIL reads them all: the device decoder, not the files, is at fault."""
+    folder = _jpeg_folder(tmp_path / "images", 8)
+    calls = _device_decode_on_cpu(monkeypatch, lambda files: RuntimeError("an error nobody has seen before"))
+    with caplog.at_level("WARNING"):
+        result = predict(model_file, folder, tmp_path / "device.csv", batch_size=4, device="cpu")
+    assert calls == [4, 1, 1, 1, 1]  # the first batch, file by file; then never again
+    assert (result["rows"], result["errors"]) == (8, 2)
+    assert any("turned off" in r.getMessage() and "decoded none of a batch of 4" in r.getMessage()
+               for r in caplog.records)
