@@ -421,3 +421,23 @@ def test_cuda_predict_decodes_jpegs_with_nvjpeg_and_keeps_the_errors(tmp_path, m
     assert correlation > 0.99
     gpu_errors = pd.read_csv(tmp_path / "gpu.errors.csv")
     assert gpu_errors.equals(pd.read_csv(tmp_path / "cpu.errors.csv"))
+
+
+@cuda
+def test_cuda_resident_training_batches_never_wait_for_the_gpu():
+    """Indices and augmentation draws reach the GPU from pinned memory: no batch synchronises the host."""
+    from faceattr.data.loaders import CachedImages
+
+    n = 64
+    array = np.random.default_rng(3).integers(0, 256, (n, 218, 178, 3), dtype=np.uint8)
+    labels = np.where(np.random.default_rng(4).random((n, len(ATTRIBUTES))) < 0.5, -1, 1).astype(np.int8)
+    loader = CachedLoader(CachedImages(array, [f"{i:06d}.jpg" for i in range(n)], labels), batch_size=16, train=True,
+                          device=torch.device("cuda"), seed=2, resident=True)
+    list(loader)  # first use: allocations, cuDNN/interpolation set-up
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        batches = list(loader)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert len(batches) == 4 and all(images.is_cuda and images.shape[0] == 16 for images, _ in batches)
