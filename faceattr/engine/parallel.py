@@ -12,7 +12,8 @@ averages their gradients. Each rank has its own augmentation stream.
 
 What differs from one process, and why results are close but not equal: random flips and crops
 are drawn per rank, BatchNorm layers in train mode normalise with per-rank batch statistics (see
-wrap_model), and rank 0's BatchNorm running statistics are the ones saved (or recalibrated). tests/engine/test_distributed.py states the tolerance.
+wrap_model), and rank 0's BatchNorm running statistics are the ones saved (or recalibrated).
+tests/engine/test_distributed.py states the tolerance.
 """
 from __future__ import annotations
 
