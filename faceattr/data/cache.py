@@ -264,17 +264,45 @@ def ensure_split_cache(run_dir: str | Path, split: str, image_ids: Sequence[str]
     return open_cache(run_dir, split, image_ids, root)
 
 
-def upload(array: np.ndarray, device: "torch.device", chunk_images: int = 1024) -> "torch.Tensor":
-    """Copy a (memory-mapped) uint8 array onto `device` chunk by chunk through pinned host memory."""
+def upload(array: np.ndarray, device: "torch.device", chunk_images: int = 1024, threads: int | None = None) -> "torch.Tensor":
+    """A copy of a (memory-mapped) uint8 array on `device`.
+
+    On CUDA each chunk is read from the memory map straight into one of two pinned buffers by
+    `threads` threads (numpy copies without the GIL, so reads of the page cache or the disk run in
+    parallel) and sent to the GPU on a side stream while the next chunk is read: one host copy per
+    byte and the transfer hidden behind it. CelebA's train split is 18.9 GB, uploaded by every
+    epoch task.
+    """
     import torch
 
     out = torch.empty(array.shape, dtype=torch.uint8, device=device)
-    pin = device.type == "cuda"
-    for start in range(0, len(array), chunk_images):
-        part = torch.from_numpy(np.ascontiguousarray(array[start:start + chunk_images]))
-        if pin:
-            part = part.pin_memory()
-        out[start:start + len(part)].copy_(part, non_blocking=pin)
-    if pin:
-        torch.cuda.synchronize(device)
+    if device.type != "cuda":
+        np.copyto(out.numpy(), array)
+        return out
+    from concurrent.futures import ThreadPoolExecutor
+
+    threads = threads or min(8, os.cpu_count() or 1)
+    chunk_images = max(1, min(chunk_images, len(array)))
+    buffers = [torch.empty((chunk_images, *array.shape[1:]), dtype=torch.uint8, pin_memory=True) for _ in range(2)]
+    sent = [None, None]  # per buffer: the event after its last copy to the GPU
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))  # `out`'s memory may still be in use there
+
+    def read(target: np.ndarray, start: int, stop: int) -> None:
+        np.copyto(target, array[start:stop])
+
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cache-upload") as pool:
+        for k, start in enumerate(range(0, len(array), chunk_images)):
+            buffer, rows = buffers[k % 2], min(chunk_images, len(array) - start)
+            if sent[k % 2] is not None:
+                sent[k % 2].synchronize()  # the GPU has what this buffer held before
+            host = buffer.numpy()[:rows]
+            bounds = np.linspace(0, rows, threads + 1).astype(int)
+            list(pool.map(lambda i: read(host[bounds[i]:bounds[i + 1]], start + bounds[i], start + bounds[i + 1]),
+                          range(threads)))
+            with torch.cuda.stream(stream):
+                out[start:start + rows].copy_(buffer[:rows], non_blocking=True)
+                sent[k % 2] = torch.cuda.Event()
+                sent[k % 2].record(stream)
+    stream.synchronize()
     return out

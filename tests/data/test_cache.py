@@ -166,3 +166,24 @@ def test_images_of_another_size_are_resized_as_eval_does(tmp_path):
     (chunk,) = decoded_chunks(folder, ["big.png"])
     expected = np.asarray(ResizeIfNeeded((178, 218))(open_image(folder / "big.png")))
     assert chunk.shape == (1, 218, 178, 3) and np.array_equal(chunk[0], expected)
+
+
+def test_upload_copies_the_array_exactly():
+    import torch
+
+    from faceattr.data.cache import upload
+
+    array = np.random.default_rng(5).integers(0, 256, (23, 4, 5, 3), dtype=np.uint8)
+    assert np.array_equal(upload(array, torch.device("cpu")).numpy(), array)
+
+
+@pytest.mark.cuda
+def test_upload_to_the_gpu_through_pinned_buffers_copies_the_array_exactly():
+    """Chunks that do not divide the array, parts of one or two rows per thread, both buffers reused."""
+    import torch
+
+    from faceattr.data.cache import upload
+
+    array = np.random.default_rng(6).integers(0, 256, (23, 4, 5, 3), dtype=np.uint8)
+    on_gpu = upload(array, torch.device("cuda"), chunk_images=5, threads=3)
+    assert on_gpu.is_cuda and np.array_equal(on_gpu.cpu().numpy(), array)
