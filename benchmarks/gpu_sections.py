@@ -207,7 +207,8 @@ def steady_loop_section(ctx: dict) -> dict:
     loop["epoch"](loop["loader"])  # the first pass compiles
     _sync(device)
     result: dict[str, Any] = {"arch": sizes.arch, "batch": sizes.batch, "compiled": loop["compiled"],
-                              "resident": loop["loader"].resident, "warmup_s": round(time.perf_counter() - start, 2),
+                              "resident": loop["loader"].resident, "upload_gb_s": loop["upload_gb_s"],
+                              "warmup_s": round(time.perf_counter() - start, 2),
                               "steps_timed": sizes.steady_passes * len(loop["loader"]), "images_per_second": {}}
     for benchmark in (False, True):
         torch.backends.cudnn.benchmark = benchmark
@@ -308,8 +309,11 @@ def _training_setup(ctx: dict, n: int) -> dict:
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (n, 218, 178, 3), dtype=np.uint8)
     labels = np.where(rng.random((n, len(ATTRIBUTES))) < 0.3, 1, -1).astype(np.int8)
+    start = time.perf_counter()
     loader = CachedLoader(CachedImages(pixels, [f"{i:06d}.jpg" for i in range(n)], labels), batch_size=sizes.batch,
                           train=True, device=device, seed=0)
+    _sync(device)
+    upload_s = time.perf_counter() - start  # the whole split onto the device, when it is resident
     compiled = should_compile(None, device)
     if compiled:
         use_compile_cache(ctx["work"] / "home")  # the pipeline's cache: what a run's later tasks see
@@ -318,7 +322,8 @@ def _training_setup(ctx: dict, n: int) -> dict:
     def epoch(loader) -> dict:
         return train_one_epoch(runner, loader, loss_fn, optimizer, device, log_every_s=1e9)
 
-    return {"epoch": epoch, "loader": loader, "compiled": compiled}
+    return {"epoch": epoch, "loader": loader, "compiled": compiled,
+            "upload_gb_s": round(pixels.nbytes / 1e9 / upload_s, 2) if loader.resident else None}
 
 
 def _pixels(seed: int, size: tuple[int, int] = (178, 218)):
