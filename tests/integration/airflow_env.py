@@ -57,6 +57,18 @@ def synthetic_source(out: Path) -> Path:
     return out
 
 
+def unlabelled_faces(source: Path, folder: Path, count: int) -> Path:
+    """The first `count` faces of a synthetic source as unlabelled images face_0.jpg, ... (private images)."""
+    import zipfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(source / "img_align_celeba.zip") as archive:
+        names = sorted(n for n in archive.namelist() if n.endswith(".jpg"))[:count]
+        for i, name in enumerate(names):
+            (folder / f"face_{i}.jpg").write_bytes(archive.read(name))
+    return folder
+
+
 def migrate(home: Path, env: dict[str, str] | None = None) -> None:
     """Create the metadata DB with `airflow db migrate` in a subprocess; once per home.
 

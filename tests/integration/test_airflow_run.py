@@ -11,12 +11,12 @@ import csv
 import json
 import os
 import subprocess
-import zipfile
 from pathlib import Path
 
 import pytest
 
-from airflow_env import AIRFLOW, DAGS, MAX_EPOCHS, REPO, airflow_environ, configure, migrate, synthetic_source
+from airflow_env import AIRFLOW, DAGS, MAX_EPOCHS, REPO, airflow_environ, configure, migrate, synthetic_source, \
+    unlabelled_faces
 
 configure()  # before airflow is imported
 
@@ -39,12 +39,7 @@ def workspace(tmp_path_factory):
 
     home = tmp_path_factory.mktemp("faceattr-home")
     source = synthetic_source(home / "source")
-    private = home / "private"
-    private.mkdir()
-    with zipfile.ZipFile(source / "img_align_celeba.zip") as archive:  # faces renamed as unlabelled images
-        names = sorted(n for n in archive.namelist() if n.endswith(".jpg"))[:5]
-        for i, name in enumerate(names):
-            (private / f"face_{i}.jpg").write_bytes(archive.read(name))
+    private = unlabelled_faces(source, home / "private", 5)
     Image.new("L", (120, 150), 128).save(private / "gray.png")
     (private / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a JPEG")
 

@@ -333,3 +333,19 @@ def test_a_failed_run_is_recorded_in_the_store(tmp_path, monkeypatch):
     with Store.from_env() as store:
         run = store.run("manual__1")
     assert run["status"] == "failed" and run["finished_at"] is not None
+
+
+def test_a_skipped_epoch_says_why_in_its_first_log_line(data_root, caplog):
+    caplog.set_level("INFO", logger="faceattr.orchestration.tasks")
+    params = _params(root=str(data_root), output=str(data_root / "runs"), epochs=2)
+    with pytest.raises(orchestrate.Skip, match="trains 2 epoch"):
+        orchestrate.train(params, "manual__1", 3)
+    lines = [r.getMessage() for r in caplog.records if r.name == "faceattr.orchestration.tasks"]
+    assert lines[0] == "skipped: epoch 3 not trained: this run trains 2 epoch(s)"
+
+
+def test_the_run_eta_is_the_mean_epoch_times_the_epochs_left():
+    config = RunConfig(epochs=5)
+    assert orchestrate.run_eta(config, {}, 1) is None  # nothing measured yet
+    assert orchestrate.run_eta(config, {1: 10.0, 2: 20.0}, 3) == pytest.approx(45.0)  # epochs 3, 4, 5 left
+    assert orchestrate.duration(45) == "45 s" and orchestrate.duration(3725) == "1 h 02 min"

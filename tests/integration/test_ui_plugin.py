@@ -22,13 +22,12 @@ import subprocess
 import urllib.error
 import urllib.parse
 import urllib.request
-import zipfile
 from pathlib import Path
 
 import pytest
 
 from airflow_env import AIRFLOW, DAGS, REPO, AirflowClient, airflow_environ, configure, free_port, migrate, \
-    synthetic_source
+    synthetic_source, unlabelled_faces
 from support import missing
 
 configure()  # before airflow is imported
@@ -50,11 +49,7 @@ def trained(tmp_path_factory):
     """FACEATTR_HOME with one finished faceattr_train run (2 epochs, private images scored)."""
     home = tmp_path_factory.mktemp("faceattr-ui")
     source = synthetic_source(home / "source")
-    private = home / "private"
-    private.mkdir()
-    with zipfile.ZipFile(source / "img_align_celeba.zip") as archive:
-        for name in sorted(n for n in archive.namelist() if n.endswith(".jpg"))[:3]:
-            (private / Path(name).name).write_bytes(archive.read(name))
+    private = unlabelled_faces(source, home / "private", 3)
     (private / "broken.jpg").write_bytes(b"not a JPEG")
     env = {"FACEATTR_HOME": str(home), "FACEATTR_DATA_ROOTS": str(home),
            "FACEATTR_DB_URL": f"sqlite:///{home / 'faceattr.db'}"}
@@ -248,6 +243,22 @@ def test_in_a_browser(server, trained):
             page.goto(f"{server.url}/dags/faceattr_train/runs/{dag_run}")
             page.get_by_text("epoch_03").first.wait_for()
             page.screenshot(path=str(SHOTS / "grid_epoch_groups.png"))
+
+            # While a run trains, a new epoch shows up without a reload (the page polls its live part).
+            from faceattr.store.store import Store
+
+            with Store.from_env() as store:
+                store.sync_run_dir(run_id, run_dir, status="running")
+                page.goto(f"{server.url}/faceattr/runs/{run_id}")
+                page.evaluate("window.notReloaded = true")
+                assert page.locator("#selection tbody tr").count() == 2
+                store.upsert_epoch(run_id, 3, train_loss=0.5, train_accuracy=0.8, val_mean_accuracy=0.6543)
+                page.locator("#selection tbody tr", has_text="0.6543").wait_for(timeout=20_000)
+                assert page.evaluate("window.notReloaded === true")
+                assert page.locator("#chart-accuracy circle").count() >= 6
+                page.screenshot(path=str(SHOTS / "run_page_live_epoch_3.png"))
+                store.sync_run_dir(run_id, run_dir, status="success")
+                page.wait_for_function("window.notReloaded !== true", timeout=20_000)  # finished: one reload
 
             # Without the login cookie, the plugin refuses the browser too.
             page.context.clear_cookies()
