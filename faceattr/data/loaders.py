@@ -143,9 +143,9 @@ def make_loader(
 #           as long as one PIL epoch); "pil" on a CPU without a cache.
 # Both paths draw the same augmentation distribution (flip p=0.5, resize to 220x270, uniform
 # 178x218 crop) and give the same evaluation pixels; tests/data/test_fast_path.py checks it. Two
-# differences: the cache path drops the last partial training batch (fixed shapes for
-# torch.compile), and the random draws come from its own seeded stream, so the two paths do not
-# see the same flips and crops.
+# differences: the cache path always drops the last partial training batch (fixed shapes for
+# torch.compile; the PIL path drops it only when compiling), and the random draws come from its own
+# seeded stream, so the two paths do not see the same flips and crops.
 #
 class CachedImages:
     """What a loader's `.dataset` offers the training loop: len(), image ids and the int8 labels."""
