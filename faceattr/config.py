@@ -31,6 +31,7 @@ KNOWN_ARCHS = (
 )
 
 FROZEN_PRETRAINED = 6  # the write-up's frozen children
+RECALIBRATE_FROM_SCRATCH = 1024  # train images whose BatchNorm statistics a from-scratch epoch ends with
 
 # Fields that may change between epochs of one run: they decide where and how fast it runs,
 # not what it learns. Any other difference on resume is an error.
@@ -77,8 +78,12 @@ class RunConfig:
     pos_weight: str = field(default="none", metadata=_choice(*POS_WEIGHTS))
     tune_thresholds: bool = False  # per-attribute thresholds chosen on validation
     patience: int = field(default=0, metadata={"min": 0})  # 0: no early stopping
-    # After each epoch, recompute BatchNorm statistics on this many unaugmented train images (0: off)
-    recalibrate_bn: int = field(default=0, metadata={"min": 0})
+    # After each epoch, recompute BatchNorm statistics on this many unaugmented train images (0: off).
+    # None: what the weights allow. From scratch the weights move fast, so running averages trail
+    # them and were gathered on zoomed training crops; recomputing them on images as evaluation
+    # sees them ("precise BN") is then worth a forward pass. Pretrained runs keep the write-up's 0.
+    recalibrate_bn: int | None = field(default=None, metadata={
+        "min": 0, "default_help": f"0 with imagenet or file weights, {RECALIBRATE_FROM_SCRATCH} with weights none"})
     # execution
     device: str = field(default="auto", metadata={"pattern": r"auto|cpu|cuda(:\d+)?",
                                                   "hint": "auto, cpu, cuda or cuda:N"})
@@ -92,6 +97,9 @@ class RunConfig:
         if self.freeze_children is None:  # resolved once: config.json records the number that ran
             frozen = 0 if self.weights == "none" else FROZEN_PRETRAINED
             object.__setattr__(self, "freeze_children", frozen)
+        if self.recalibrate_bn is None:
+            images = RECALIBRATE_FROM_SCRATCH if self.weights == "none" else 0
+            object.__setattr__(self, "recalibrate_bn", images)
 
     # -- conversion ---------------------------------------------------------------------------
     @classmethod

@@ -36,6 +36,19 @@ def test_freeze_children_follows_the_weights_unless_set(weights, explicit, froze
     assert config.replace(weights="none").freeze_children == frozen
 
 
+@pytest.mark.parametrize("weights, explicit, images", [
+    ("imagenet", None, 0), ("/models/start.pt", None, 0), ("none", None, 1024),  # what the weights allow
+    ("none", 0, 0), ("imagenet", 200, 200),  # the user's choice stands
+])
+def test_recalibrate_bn_follows_the_weights_unless_set(weights, explicit, images, tmp_path):
+    values = {"weights": weights} if explicit is None else {"weights": weights, "recalibrate_bn": explicit}
+    config = RunConfig.from_dict(values)
+    assert config.recalibrate_bn == images
+    config.save(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["recalibrate_bn"] == images
+    assert config.replace(weights="none").recalibrate_bn == images
+
+
 def test_old_run_config_keeps_its_saved_freeze_value(tmp_path):
     old = {**RunConfig().to_dict(), "weights": "none", "freeze_children": 6}  # written before the default followed the weights
     (tmp_path / "config.json").write_text(json.dumps(old))

@@ -45,7 +45,8 @@ DESCRIPTIONS = {
                   "(sqrt), for rare attributes; none: the write-up's unweighted loss.",
     "tune_thresholds": "Choose per-attribute thresholds on validation instead of 0.",
     "recalibrate_bn": "After each epoch, recompute BatchNorm statistics on this many unaugmented train images "
-                      "(0: off). Fits them to evaluation's unzoomed images; costs a forward pass over them.",
+                      "(0: off). Fits them to evaluation's unzoomed images; costs a forward pass over them. "
+                      "Empty: 0 (the write-up) with imagenet or file weights, 1024 with weights none.",
     "device": "auto (CUDA when available), cpu, cuda or cuda:N.",
     "num_workers": "DataLoader workers; -1: one per core, at most 8.",
     "data_path": "How images are read: auto, pil (decode each epoch) or cache (decoded once).",
