@@ -14,13 +14,16 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from faceattr.config import ConfigError, RunConfig, field_kind, save_or_check
+from faceattr.config import PRESETS, SCORE_BATCH_SIZES, ConfigError, RunConfig, field_kind, save_or_check
 from faceattr.run.layout import RunLayout
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] = ()) -> None:
     """One flag per RunConfig field (--batch-size, --lr, ...); unset flags keep saved values."""
     group = parser.add_argument_group("run configuration (saved in RUN/config.json)")
+    group.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                       help="named settings under the flags given: " +
+                            "; ".join(f"{name}: {values}" for name, values in PRESETS.items()))
     for f in dataclasses.fields(RunConfig):
         if f.name in skip:
             continue
@@ -37,8 +40,10 @@ def _add_config_flags(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] 
 
 
 def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags given, over the --preset's values."""
     names = {f.name for f in dataclasses.fields(RunConfig)}
-    return {k: v for k, v in vars(args).items() if k in names and v is not None}
+    given = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    return {**PRESETS.get(getattr(args, "preset", None), {}), **given}
 
 
 def _run_config(run_dir: Path, overrides: dict[str, Any]) -> RunConfig:
@@ -102,7 +107,7 @@ def cmd_predict(args: argparse.Namespace) -> Any:
 
     return predict(
         _model_file(args.model), Path(args.images), Path(args.out),
-        scores=args.scores, batch_size=args.batch_size, device=args.device,
+        scores=args.scores, batch_size=args.batch_size or SCORE_BATCH_SIZES.get(args.preset, 128), device=args.device,
         roots=data_roots() if settings.data_roots() else None,  # the DAG's rule, where it is configured
     )
 
@@ -219,7 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", required=True, help="a folder or a .zip of images")
     p.add_argument("--out", required=True, help="the CSV to write")
     p.add_argument("--scores", action="store_true", help="add the raw scores as columns")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=None, help="default 128, or the --preset's")
+    p.add_argument("--preset", choices=sorted(SCORE_BATCH_SIZES), default=None,
+                   help="; ".join(f"{name}: batch {size}" for name, size in SCORE_BATCH_SIZES.items()))
     p.add_argument("--device", default=None)
 
     p = command("fit", cmd_fit, "split, train and validate every epoch, select, test, report: one process")

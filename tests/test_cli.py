@@ -1,0 +1,26 @@
+"""faceattr's command line: the --preset flag names the GPU settings of issue 17 item 9."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from faceattr import cli
+from faceattr.config import PRESETS
+
+
+def test_preset_sets_its_fields_and_explicit_flags_win(synth_root, tmp_path):
+    run = tmp_path / "run"
+    cli.main(["split", "--root", str(synth_root), "--out", str(run), "--preset", "gpu", "--device", "cpu",
+              "--num-workers", "0"])
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["batch_size"] == PRESETS["gpu"]["batch_size"] != 64
+    assert saved["data_path"] == "cache"
+    assert saved["device"] == "cpu"  # the flag given beats the preset's cuda
+
+
+def test_unknown_preset_is_refused(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["split", "--root", "r", "--out", "o", "--preset", "tpu"])
+    assert exit_info.value.code == 2
+    assert "--preset: invalid choice: 'tpu'" in capsys.readouterr().err
