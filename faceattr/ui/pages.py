@@ -74,7 +74,8 @@ def signed(value: float | None) -> str:
 
 
 def when(value: dt.datetime | None) -> str:
-    return "–" if value is None else value.astimezone(dt.timezone.utc).strftime("%Y-%m-%d\u00a0%H:%M\u00a0UTC")
+    # Non-breaking hyphens and spaces: a date never wraps inside a table cell.
+    return "–" if value is None else value.astimezone(dt.timezone.utc).strftime("%Y\u2011%m\u2011%d\u00a0%H:%M\u00a0UTC")
 
 
 def span(seconds: float | None) -> str:

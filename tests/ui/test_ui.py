@@ -161,3 +161,15 @@ def test_permissions_of_the_plugin_module_stay_light():
                           env={**os.environ}, cwd=Path(__file__).parent)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_compare_page_overlays_runs_and_lists_the_settings_that_differ(made_run):
+    view = data.run_view(made_run["store"], "manual__ui")
+    first = {**view["run"], "curves": view["curves"], "config": view["config"]}
+    second = {**first, "id": "manual__other", "config": {**first["config"], "lr": 0.01},
+              "curves": {key: [(x, y / 2) for x, y in series] for key, series in first["curves"].items()}}
+    html = pages.compare_page([first, second])
+    val_chart = html[html.index('id="chart-val"'):html.index("</svg>", html.index('id="chart-val"'))]
+    assert val_chart.count('class="series"') == 2 and "epoch 2: 0.4300" in val_chart  # the second run's 0.86 / 2
+    header = html[html.index('<table id="compare">'):html.index("</thead>", html.index('<table id="compare">'))]
+    assert ">lr<" in header and ">arch<" not in header  # only what differs
