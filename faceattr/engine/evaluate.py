@@ -262,8 +262,10 @@ def evaluate_epoch(run_dir: str | Path, epoch: int | str, split: str, device: st
     if split == "val" and config.tune_thresholds:
         # What this epoch would score on validation once selection tunes its thresholds there.
         result["mean_accuracy_tuned"] = float(get_accuracy(scores, labels, tune_thresholds(scores, labels))[1])
+    if split == "test" or (split == "val" and config.tune_thresholds):
+        # val: selection tunes thresholds on them; test: the UI's accuracy per subgroup (faceattr.ui).
         with atomic_path(run_metrics.scores_path(run_dir, split, epoch)) as tmp, open(tmp, "wb") as handle:
-            np.savez(handle, scores=scores, labels=labels)
+            np.savez(handle, scores=scores, labels=labels, thresholds=thresholds)
     run_metrics.write_epoch_metrics(run_dir, split, epoch, result)
     log.info("epoch %d %s: mean accuracy %.4f (majority baseline %.4f) on %d images",
              epoch, split, result["mean_accuracy"], result["majority_baseline"], result["images"])
