@@ -176,5 +176,6 @@ Done in $((SECONDS - START)) s.
   errors         ${SCORES%.csv}.errors.csv
   also scored    $RUN_DIR/private_predictions.csv (the DAG's score_private task)
   run store      $FACEATTR_DB_URL   ('faceattr runs', 'faceattr runs <run id>')
-  Airflow UI     make airflow   (these runs are in $AIRFLOW_HOME/airflow.db)
+  Airflow UI     make airflow   (these runs are in $AIRFLOW_HOME/airflow.db; curves, selection, per-attribute
+                 and subgroup accuracy, downloads: the faceattr nav page and each run's Training report tab)
 EOF
