@@ -23,7 +23,7 @@ import logging
 import uuid
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from faceattr import settings
 from faceattr.fsutil import atomic_path, file_entry, sha256_of  # one sha256 mechanism: checkpoints too
@@ -122,10 +122,12 @@ def push(run_dir: str | Path, url: str | None = None, *, storage_options: dict[s
     return {"url": f"{url}/{run_dir.name}", "uploaded": len(uploaded), "unchanged": unchanged, "bytes": sent}
 
 
-def pull(run_dir: str | Path, url: str | None = None, *, storage_options: dict[str, Any] | None = None) -> dict:
+def pull(run_dir: str | Path, url: str | None = None, *, storage_options: dict[str, Any] | None = None,
+         only: Callable[[str], bool] | None = None) -> dict:
     """Download the run's pushed files that are missing or different here; returns {"url", "downloaded", "unchanged"}.
 
-    Every download is checked against its manifest sha256 before it is renamed into place.
+    Every download is checked against its manifest sha256 before it is renamed into place. `only`
+    (a test on the path inside the run folder) limits the pull, e.g. to what a page shows.
     """
     url = url or artifacts_url()
     run_dir = Path(run_dir)
@@ -136,6 +138,8 @@ def pull(run_dir: str | Path, url: str | None = None, *, storage_options: dict[s
     remote = _remote_manifest(fs, base)
     downloaded, unchanged = [], 0
     for relative, entry in sorted(remote.items()):
+        if only is not None and not only(relative):
+            continue
         target = run_dir / relative
         if target.is_file() and target.stat().st_size == entry["size"] and sha256_of(target) == entry["sha256"]:
             unchanged += 1

@@ -9,13 +9,16 @@ under FACEATTR_DATA_ROOTS, and a download only from inside it (symlinks and '..'
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 
+from faceattr import settings
 from faceattr.attributes import ATTRIBUTES
 from faceattr.config import ConfigError, RunConfig
 from faceattr.data.access import AccessError, check_path
@@ -30,7 +33,11 @@ DOWNLOADS = {
     "private_predictions.csv": "private_predictions.csv",
     "private_predictions.errors.csv": "private_predictions.errors.csv",
 }
+log = logging.getLogger(__name__)
+
 REPORT_FILE = re.compile(r"report/[A-Za-z0-9][A-Za-z0-9._-]{0,100}")  # the report page's own images and tables
+PULL_EVERY = 30.0  # seconds between pulls of one run folder from the object store
+_pulled: dict[Path, float] = {}  # run folder -> time.monotonic() of its last pull
 # (attribute, name of its -1 group, name of its 1 group): groups CelebA classifiers are known to treat unequally.
 SUBGROUPS = (("Male", "women", "men"), ("Young", "not young", "young"))
 
@@ -46,11 +53,24 @@ def check_run_id(run_id: str) -> str:
 
 
 def run_folder(run: dict[str, Any]) -> Path | None:
-    """The run's folder if this server may read it (under FACEATTR_DATA_ROOTS) and it is here; else None."""
+    """The run's folder if this server may read it (under FACEATTR_DATA_ROOTS) and it is here; else None.
+
+    With FACEATTR_ARTIFACTS the folders live in the object store: what the pages read (everything
+    but the checkpoints and the image cache) is pulled into the run's path first, at most every
+    PULL_EVERY seconds per run, since a running run's page asks every few seconds.
+    """
     try:
         folder = check_path(run["run_dir"], "run folder")
     except AccessError:
         return None
+    if settings.artifacts() and time.monotonic() - _pulled.get(folder, -PULL_EVERY) >= PULL_EVERY:
+        from faceattr.run import artifacts
+
+        try:
+            artifacts.pull(folder, only=lambda relative: not relative.startswith(("checkpoints/", "cache/")))
+        except (artifacts.ArtifactError, OSError) as exc:  # show what is here; say why the rest is not
+            log.warning("run %s: could not pull its folder from %s: %s", run["id"], settings.artifacts(), exc)
+        _pulled[folder] = time.monotonic()
     return folder if folder.is_dir() else None
 
 

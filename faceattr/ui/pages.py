@@ -280,8 +280,9 @@ def run_page(view: dict[str, Any]) -> str:
               f'finished {when(run["finished_at"])}</p><p>{summary}</p>'
               f'<p class="downloads">Downloads: {"".join(links)}</p>' + kpis(view))
     if view["folder"] is None:
-        header += '<p class="note">The run folder is not readable on this server: figures come from the run store; ' \
-                  "downloads and subgroups need the folder.</p>"
+        header += '<p class="note">The run folder is not readable on this server (not under FACEATTR_DATA_ROOTS, ' \
+                  "or not pulled from FACEATTR_ARTIFACTS): figures come from the run store; downloads and subgroups " \
+                  "need the folder.</p>"
     url = f"{PREFIX}/api/runs/{quote(run_id, safe='')}/live"
     live = f'<div id="live" data-status="{esc(run["status"])}" data-url="{url}">{live_part(view)}</div>'
     body = header + live + attribute_part(view) + subgroup_part(view) + jobs_part(view)

@@ -173,3 +173,24 @@ def test_the_compare_page_overlays_runs_and_lists_the_settings_that_differ(made_
     assert val_chart.count('class="series"') == 2 and "epoch 2: 0.4300" in val_chart  # the second run's 0.86 / 2
     header = html[html.index('<table id="compare">'):html.index("</thead>", html.index('<table id="compare">'))]
     assert ">lr<" in header and ">arch<" not in header  # only what differs
+
+
+def test_a_run_folder_in_the_object_store_is_pulled_for_the_pages(made_run, monkeypatch, tmp_path):
+    """With FACEATTR_ARTIFACTS the API server has no run folder of its own: the pages pull what they read."""
+    import shutil
+
+    from faceattr.run import artifacts
+
+    monkeypatch.setenv("FACEATTR_ARTIFACTS", f"memory://faceattr-ui-test/{tmp_path.name}")  # fsspec's in-process store
+    run_dir = made_run["run_dir"]
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / "checkpoints" / "epoch_1.pt").write_bytes(b"a large checkpoint")
+    artifacts.push(run_dir)
+    model = RunLayout(run_dir).model.read_bytes()
+    shutil.rmtree(run_dir)
+    monkeypatch.setattr(data, "_pulled", {})
+    view = data.run_view(made_run["store"], "manual__ui")
+    assert view["folder"] == str(run_dir) and all(view["downloads"].values())
+    assert [r["group"] for r in view["subgroups"]] == ["women", "men", "not young", "young"]
+    assert data.download_path(made_run["store"].run("manual__ui"), "model.pt").read_bytes() == model
+    assert not (run_dir / "checkpoints").exists()  # the pages never need the checkpoints
