@@ -20,33 +20,26 @@ def test_defaults_are_the_write_up_recipe():
     assert (config.pos_weight, config.recalibrate_bn, config.tune_thresholds) == ("none", 0, False)
 
 
-@pytest.mark.parametrize("weights, explicit, frozen", [
-    ("imagenet", None, 6), ("/models/start.pt", None, 6), ("none", None, 0),  # what the weights allow
-    ("none", 3, 3), ("imagenet", 0, 0), ("none", 0, 0),  # the user's choice stands
+@pytest.mark.parametrize("name, weights, explicit, resolved", [
+    # what the weights allow
+    ("freeze_children", "imagenet", None, 6), ("freeze_children", "/models/start.pt", None, 6),
+    ("freeze_children", "none", None, 0),
+    ("recalibrate_bn", "imagenet", None, 0), ("recalibrate_bn", "/models/start.pt", None, 0),
+    ("recalibrate_bn", "none", None, 1024),
+    # the user's choice stands
+    ("freeze_children", "none", 3, 3), ("freeze_children", "imagenet", 0, 0), ("freeze_children", "none", 0, 0),
+    ("recalibrate_bn", "none", 0, 0), ("recalibrate_bn", "imagenet", 200, 200),
 ])
-def test_freeze_children_follows_the_weights_unless_set(weights, explicit, frozen, tmp_path):
-    values = {"weights": weights} if explicit is None else {"weights": weights, "freeze_children": explicit}
+def test_weight_dependent_defaults_follow_the_weights_unless_set(name, weights, explicit, resolved, tmp_path):
+    values = {"weights": weights} if explicit is None else {"weights": weights, name: explicit}
     config = RunConfig.from_dict(values)
-    assert config.freeze_children == frozen
+    assert getattr(config, name) == resolved
     # config.json records the number that ran, so a later change of the default cannot change a run.
     config.save(tmp_path)
-    assert json.loads((tmp_path / "config.json").read_text())["freeze_children"] == frozen
+    assert json.loads((tmp_path / "config.json").read_text())[name] == resolved
     assert RunConfig.load(tmp_path) == config
     # Replacing the weights (as resuming from a checkpoint does) keeps the resolved number.
-    assert config.replace(weights="none").freeze_children == frozen
-
-
-@pytest.mark.parametrize("weights, explicit, images", [
-    ("imagenet", None, 0), ("/models/start.pt", None, 0), ("none", None, 1024),  # what the weights allow
-    ("none", 0, 0), ("imagenet", 200, 200),  # the user's choice stands
-])
-def test_recalibrate_bn_follows_the_weights_unless_set(weights, explicit, images, tmp_path):
-    values = {"weights": weights} if explicit is None else {"weights": weights, "recalibrate_bn": explicit}
-    config = RunConfig.from_dict(values)
-    assert config.recalibrate_bn == images
-    config.save(tmp_path)
-    assert json.loads((tmp_path / "config.json").read_text())["recalibrate_bn"] == images
-    assert config.replace(weights="none").recalibrate_bn == images
+    assert getattr(config.replace(weights="none"), name) == resolved
 
 
 def test_old_run_config_keeps_its_saved_freeze_value(tmp_path):
