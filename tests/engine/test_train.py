@@ -243,6 +243,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, synthetic_root) -> tuple[
         root=str(root), arch="resnet18", weights="none", batch_size=16, num_workers=0,
         device="cpu", epochs=3, schedule="cosine", lr=1e-3,
         freeze_children=6,  # frozen (random) children: fewer weights to train, and a frozen part to check
+        recalibrate_bn=0,  # plain epochs; the recalibration tests turn it on
     )
     config.save(run)
     split = make_split(root, "random", 0, run)
