@@ -8,7 +8,9 @@ strings, lists, tuples and dicts; anything else is refused with `UnsafeCheckpoin
 Beside every file it saves goes `<file>.sha256` (faceattr.fsutil's digest, the same sha256 the
 object-store manifest records); `load_checkpoint` checks it before unpickling, so a corrupted or
 edited file is refused instead of loading with changed weights. Files saved before digests were
-kept have none and load as they are.
+kept have none and load as they are. A save removes the old digest before it renames the new file
+into place and writes the new digest after: a reader in between, or a save killed in between, sees
+no digest and the file loads unverified, never a valid file refused for a stale digest.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from faceattr.fsutil import atomic_path, verify_digest, write_digest
+from faceattr.fsutil import atomic_path, digest_path, verify_digest, write_digest
 
 # Plain values a checkpoint may hold besides tensors and containers.
 _SCALARS = (bool, int, float, str, type(None))
@@ -48,6 +50,7 @@ def save_checkpoint(obj: dict, path: str | os.PathLike) -> Path:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        digest_path(path).unlink(missing_ok=True)  # the old digest must not outlive the old file
     write_digest(path, hashlib.sha256(data).hexdigest())
     return path
 
@@ -64,9 +67,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
-    verify_digest(path)  # ChecksumError (a ValueError) names the file and its digest
+    data = path.read_bytes()  # read once: hashed, then unpickled from memory
+    # ChecksumError (a ValueError) names the file and its digest
+    verify_digest(path, hashlib.sha256(data).hexdigest())
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        obj = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         message = str(exc)
         if "GLOBAL" in message:

@@ -130,9 +130,11 @@ def write_digest(path: str | os.PathLike, sha256: str | None = None) -> Path:
     return write_text(digest_path(path), f"{sha256 or sha256_of(path)}  {path.name}\n")
 
 
-def verify_digest(path: str | os.PathLike) -> bool:
-    """Check `path` against `<path>.sha256`; False when there is none (written before digests were
-    kept), True when it matches; ChecksumError naming both files when it does not."""
+def verify_digest(path: str | os.PathLike, found: str | None = None) -> bool:
+    """Check `path` (or `found`, its sha256 if the caller already has its bytes) against
+    `<path>.sha256`; False when there is none (written before digests were kept, or a save was killed
+    between the rename and the digest), True when it matches; ChecksumError naming both files when
+    it does not."""
     path = Path(path)
     recorded_path = digest_path(path)
     try:
@@ -141,7 +143,7 @@ def verify_digest(path: str | os.PathLike) -> bool:
         return False
     if not recorded or len(recorded[0]) != 64:
         raise ChecksumError(f"{recorded_path}: not a sha256 digest line ('<64 hex digits>  {path.name}')")
-    found = sha256_of(path)
+    found = found or sha256_of(path)
     if found != recorded[0].lower():
         raise ChecksumError(f"{path}: sha256 {found} does not match {recorded_path} ({recorded[0]}); the file "
                             "was corrupted or changed after it was written; retrain or restore it")

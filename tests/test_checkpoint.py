@@ -131,6 +131,26 @@ def test_save_replaces_atomically(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_1.pt", "epoch_1.pt.sha256"]
 
 
+def test_a_save_killed_between_the_file_and_its_digest_still_loads(tmp_path, monkeypatch):
+    """The new file is renamed into place before its digest is written; a save killed in between
+    must not leave the old digest beside the new file (a valid checkpoint refused forever)."""
+    import faceattr.checkpoint as checkpoint
+
+    target = tmp_path / "epoch_1.pt"
+    save_checkpoint({"v": torch.zeros(2)}, target)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint, "write_digest", killed)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint({"v": torch.ones(2)}, target)
+    monkeypatch.undo()
+    assert torch.equal(load_checkpoint(target)["v"], torch.ones(2))  # unverified, but not refused
+    save_checkpoint({"v": torch.ones(2)}, target)
+    assert digest_path(target).read_text() == f"{sha256_of(target)}  epoch_1.pt\n"
+
+
 def test_flipped_bytes_are_refused_by_the_digest(tmp_path):
     path = save_checkpoint({"weights": torch.ones(100_000)}, tmp_path / "model.pt")
     assert digest_path(path).read_text() == f"{sha256_of(path)}  model.pt\n"  # sha256sum -c reads it too
