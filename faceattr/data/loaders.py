@@ -171,11 +171,12 @@ class CachedLoader:
     the last partial batch when there is more than one batch (as timm does): every step then has
     the same shape, so a compiled model is not recompiled for the remainder.
     On CUDA the whole split is copied to GPU memory once when it fits in `resident_fraction` of
-    the free memory (CelebA's 162,770 train images are 18.9 GB); otherwise a background thread
+    the free memory; otherwise a background thread
     gathers each batch from the memory map into pinned memory, and the copy is non-blocking.
     There is no per-image Python: each batch is one gather, one copy and a few batched ops.
-    With `world_size` > 1 (data-parallel training) each rank gets its slice of every global batch;
-    all ranks draw the same shuffle, and the augmentation of rank r's slice from its own stream.
+    With `world_size` > 1 (data-parallel training) each rank gets its contiguous slice of every
+    global batch (a last batch smaller than the world size is dropped); all ranks draw the same
+    shuffle, and the augmentation of rank r's slice from its own stream.
     """
 
     def __init__(
@@ -228,16 +229,20 @@ class CachedLoader:
         n = len(self.dataset)
         if self.train and n > self.batch_size:
             return n // self.batch_size
-        return -(-n // self.batch_size)
+        full, rest = divmod(n, self.batch_size)
+        return full + (rest >= self.world_size)  # see _batches: a last batch too small to share is dropped
 
     def _batches(self, generator: torch.Generator) -> list[torch.Tensor]:
         n = len(self.dataset)
         order = torch.randperm(n, generator=generator) if self.train else torch.arange(n)
         if self.train and n > self.batch_size:
             order = order[: n - n % self.batch_size]
-        # Data-parallel ranks each take their share of every global batch (rank r: the r-th slice).
+        # Data-parallel ranks each take their share of every global batch (rank r: the r-th contiguous
+        # slice). A batch smaller than the world size is dropped, as RankBatches does: it would give
+        # some rank an empty batch, which BatchNorm in train mode cannot normalise.
         # Sorted within a batch: reads from the memory map go forward; the batch is the same set.
-        return [part.tensor_split(self.world_size)[self.rank].sort().values for part in order.split(self.batch_size)]
+        return [part.tensor_split(self.world_size)[self.rank].sort().values for part in order.split(self.batch_size)
+                if len(part) >= self.world_size]
 
     def _device_indices(self, batches: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """The batches' indices on the device, in one copy from pinned memory.

@@ -7,8 +7,10 @@ themselves are started by faceattr.engine.distributed.
 
 How an epoch is split. The global batch stays config.batch_size: every rank draws exactly the
 single-process loader's shuffle (seeded from (seed, epoch)), cuts it into the same global batches
-and takes every N-th image of each, so together the ranks see each global batch once, and DDP
-averages their gradients. Each rank has its own augmentation stream.
+and takes its share of each (the PIL path: every N-th image, RankBatches; the cache path: the
+r-th contiguous slice, CachedLoader), so together the ranks see each global batch once, and DDP
+averages their gradients. A last global batch smaller than N is dropped on both paths: some rank
+would get none of it. Each rank has its own augmentation stream.
 
 What differs from one process, and why results are close but not equal: random flips and crops
 are drawn per rank, BatchNorm layers in train mode normalise with per-rank batch statistics (see
@@ -54,10 +56,9 @@ class Rank:
 
 
 def rank_device(device: torch.device, rank: Rank) -> torch.device:
-    """One GPU per rank on CUDA (cuda:rank); CPU ranks share the CPU."""
+    """One GPU per rank on CUDA (cuda:rank, which distributed._rank_main made current); CPU ranks share the CPU."""
     if not rank.distributed or device.type != "cuda":
         return device
-    torch.cuda.set_device(rank.rank)
     return torch.device("cuda", rank.rank)
 
 
@@ -81,7 +82,7 @@ def wrap_model(model: nn.Module, device: torch.device, rank: Rank) -> nn.Module:
 
 
 class RankBatches(torch.utils.data.Sampler):
-    """Rank `rank`'s share of every global batch of `batches`: every N-th image of each.
+    """Rank `rank`'s share of every global batch of `batches` (the PIL path): every N-th image of each.
 
     `batches` is the single-process loader's batch sampler; every rank iterates its own copy
     with the same seed, so all ranks cut the same global batches. Each rank gets the same number
@@ -170,6 +171,7 @@ def reduce_stats(stats: dict, device: torch.device, rank: Rank) -> dict:
 
 
 def expected_images(size: int, batch_size: int, world_size: int) -> int:
-    """Images one DDP epoch trains on (see RankBatches): all but a last batch smaller than world_size."""
+    """Images one DDP epoch trains on the PIL path (see RankBatches): all but a last batch smaller
+    than world_size. The cache path's training loader also drops any last partial batch."""
     rest = size % batch_size
     return size - rest if 0 < rest < world_size else size

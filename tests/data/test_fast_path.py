@@ -319,6 +319,24 @@ def test_data_parallel_ranks_split_each_global_batch():
         CachedLoader(dataset, batch_size=8, train=True, device=CPU, rank=2, world_size=2)
 
 
+def test_data_parallel_ranks_never_get_an_empty_batch():
+    """A global batch smaller than the world size would leave a rank an empty batch (BatchNorm in
+    train mode fails on it): it is dropped on every rank, as the PIL path's RankBatches does."""
+    from faceattr.data.loaders import CachedImages
+
+    def dataset(n):
+        labels = np.ones((n, len(ATTRIBUTES)), np.int8)
+        return CachedImages(np.zeros((n, 218, 178, 3), np.uint8), [f"{i:06d}.jpg" for i in range(n)], labels)
+
+    # (images, batch, train, world size, batches per rank): 3 images over 4 ranks make no batch;
+    # 9 in batches of 4 over 2 ranks drop the last single image; one process keeps it.
+    for n, batch, train, world, expected in ((3, 8, True, 4, 0), (9, 4, False, 2, 2), (9, 4, False, 1, 3)):
+        for rank in range(world):
+            loader = CachedLoader(dataset(n), batch_size=batch, train=train, device=CPU, rank=rank, world_size=world)
+            sizes = [len(images) for images, _ in loader]
+            assert len(sizes) == len(loader) == expected and all(sizes), (n, batch, world, rank, sizes)
+
+
 def test_a_device_resident_cache_gives_the_same_batches():
     """The whole-split-on-the-GPU path (exercised here on the CPU) equals the memory-map path."""
     from faceattr.data.loaders import CachedImages
