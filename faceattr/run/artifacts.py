@@ -140,7 +140,7 @@ def pull(run_dir: str | Path, url: str | None = None, *, storage_options: dict[s
     for relative, entry in sorted(remote.items()):
         if only is not None and not only(relative):
             continue
-        target = run_dir / relative
+        target = _target(run_dir, relative, f"{base}/{MANIFEST}/{relative}.json")
         if target.is_file() and target.stat().st_size == entry["size"] and sha256_of(target) == entry["sha256"]:
             unchanged += 1
             continue
@@ -150,6 +150,21 @@ def pull(run_dir: str | Path, url: str | None = None, *, storage_options: dict[s
         log.info("artifacts: pulled %d file(s) from %s/%s (%s)", len(downloaded), url, run_dir.name,
                  ", ".join(downloaded))
     return {"url": f"{url}/{run_dir.name}", "downloaded": len(downloaded), "unchanged": unchanged}
+
+
+def _target(run_dir: Path, relative: str, key: str) -> Path:
+    """run_dir / relative, refusing a manifest key that would write outside the run folder.
+
+    The keys come from the bucket, which the UI's API server pulls from on a page view: a key with
+    `..`, an absolute path, or a symlinked subfolder pointing elsewhere must never pick where we write.
+    """
+    parts = Path(relative).parts
+    if not relative or Path(relative).is_absolute() or ".." in parts:
+        raise ArtifactError(f"{key}: {relative!r} is not a path inside the run folder; refusing to pull it")
+    target = run_dir / relative
+    if not target.resolve().is_relative_to(run_dir.resolve()):
+        raise ArtifactError(f"{key}: {relative!r} leads outside the run folder {run_dir}; refusing to pull it")
+    return target
 
 
 def _download(fs, base: str, relative: str, entry: dict, target: Path, attempts: int = 2) -> None:

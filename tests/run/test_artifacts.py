@@ -217,3 +217,27 @@ def test_pipeline_stages_on_machines_without_a_shared_disk(tmp_path, url, small_
                      "metrics/val_epoch_1.json", "metrics/test_epoch_1.json", "best.json", "model.pt",
                      "report/index.html"):
         assert (run_dir / relative).is_file(), relative
+
+
+@pytest.mark.parametrize("relative", ["../escaped.txt", "metrics/../../escaped.txt", "/tmp/escaped.txt",
+                                      "link/escaped.txt"])
+def test_pull_never_writes_outside_the_run_folder(tmp_path, relative):
+    """The manifest keys come from the bucket: a hostile key must not choose where the UI server writes."""
+    import fsspec
+
+    url = f"memory://{tmp_path.name}"
+    fs = fsspec.filesystem("memory")
+    data = b"planted"
+    entry = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    base = f"/{tmp_path.name}/manual__run-1"
+    fs.pipe_file(f"{base}/files/{relative}", data)
+    fs.pipe_file(f"{base}/manifest/{relative}.json", json.dumps(entry).encode())
+    run = tmp_path / "b" / "manual__run-1"
+    run.mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (run / "link").symlink_to(outside)  # a subfolder that leads elsewhere is not followed out either
+    with pytest.raises(ArtifactError, match="refusing to pull it"):
+        pull(run, url)
+    assert not [p for p in tmp_path.rglob("escaped.txt")], "a file was written outside the run folder"
+    assert not Path("/tmp/escaped.txt").exists()
