@@ -20,6 +20,7 @@ from airflow.api_fastapi.core_api.security import requires_access_dag
 from airflow.models.taskinstance import TaskInstance
 
 from faceattr import settings
+from faceattr.store.store import RunNotFoundError
 from faceattr.ui import data, pages
 
 TRAIN_DAG_ID = "faceattr_train"
@@ -28,6 +29,8 @@ app = FastAPI(
     title="faceattr", docs_url=None, redoc_url=None, openapi_url=None,
     dependencies=[Depends(requires_access_dag("GET", DagAccessEntity.RUN, param_dag_id=TRAIN_DAG_ID))],
 )
+
+FILE_HEADERS = {"Content-Security-Policy": "sandbox", "X-Content-Type-Options": "nosniff"}
 
 _stores: dict[str | None, Any] = {}
 _lock = threading.Lock()
@@ -61,8 +64,10 @@ def view_of(run_id: str, session) -> dict[str, Any]:
         data.check_run_id(run_id)
         opened = store()
         run = opened.run(run_id)
-    except ValueError as exc:  # RunNotFoundError is a ValueError too
-        raise HTTPException(404 if type(exc).__name__ == "RunNotFoundError" else 400, str(exc)) from None
+    except RunNotFoundError as exc:
+        raise HTTPException(404, str(exc)) from None
+    except ValueError as exc:
+        raise HTTPException(400, str(exc)) from None
     return data.run_view(opened, run_id, airflow_tasks(session, run["dag_run_id"]))
 
 
@@ -86,14 +91,16 @@ def run_page(run_id: str, session: SessionDep) -> str:
 def training_report(dag_id: str, dag_run_id: str, session: SessionDep) -> str:
     """The "Training report" tab of a DAG run (Airflow shows the tab on every DAG's runs)."""
     from faceattr.orchestration.tasks import sanitize_run_id
-    from faceattr.store.store import RunNotFoundError
 
     if dag_id != TRAIN_DAG_ID:
         return pages.message_page("No training report", f"{dag_id} is not {TRAIN_DAG_ID}: its runs train no model.")
     try:
         run_id = sanitize_run_id(dag_run_id)
-        store().run(run_id)
-    except (ValueError, RunNotFoundError):
+        run = store().run(run_id)
+    except ValueError:  # RunNotFoundError included
+        run = None
+    # Two DAG run ids can sanitise to one folder name (a:b, a-b): show only this DAG run's own run.
+    if run is None or run["dag_run_id"] != dag_run_id:
         return pages.message_page("Training report", f"DAG run {dag_run_id} has no run folder yet (it is queued or "
                                                      "still checking its settings); reload once split has run.")
     return pages.run_page(view_of(run_id, session))
@@ -116,12 +123,14 @@ def download_file(run_id: str, name: str) -> FileResponse:
     try:
         run = store().run(data.check_run_id(run_id))
         path = data.download_path(run, name)
-    except data.NotFound as exc:
+    except (data.NotFound, RunNotFoundError) as exc:
         raise HTTPException(404, str(exc)) from None
     except ValueError as exc:
-        raise HTTPException(404 if type(exc).__name__ == "RunNotFoundError" else 400, str(exc)) from None
+        raise HTTPException(400, str(exc)) from None
     inline = name.startswith("report/")
-    return FileResponse(path, filename=None if inline else path.name)
+    # The report's html/svg open inline on Airflow's origin: sandbox them (no scripts, no same-origin
+    # cookies or API calls) and forbid sniffing; the report needs only inline CSS and data: images.
+    return FileResponse(path, filename=None if inline else path.name, headers=FILE_HEADERS)
 
 
 @app.get("/api/runs")

@@ -194,3 +194,39 @@ def test_a_run_folder_in_the_object_store_is_pulled_for_the_pages(made_run, monk
     assert [r["group"] for r in view["subgroups"]] == ["women", "men", "not young", "young"]
     assert data.download_path(made_run["store"].run("manual__ui"), "model.pt").read_bytes() == model
     assert not (run_dir / "checkpoints").exists()  # the pages never need the checkpoints
+
+
+@pytest.fixture
+def client(made_run):
+    """The plugin's app without Airflow around it: auth and the metadata DB session stubbed out."""
+    from fastapi.testclient import TestClient
+
+    from airflow.api_fastapi.common.db.common import _get_session
+    from faceattr.ui import app
+
+    app._stores.clear()
+    app._stores[os.environ["FACEATTR_DB_URL"]] = made_run["store"]
+    overrides = {dep.dependency: lambda: None for dep in app.app.router.dependencies}
+    app.app.dependency_overrides.update({**overrides, _get_session: lambda: None})
+    try:
+        yield TestClient(app.app)
+    finally:
+        app.app.dependency_overrides.clear()
+        app._stores.clear()
+
+
+def test_report_files_are_served_sandboxed(client):
+    """The report opens inline on Airflow's origin: it must not run scripts there or be sniffed as html."""
+    for name in ("report/index.html", "config.json"):
+        response = client.get(f"/runs/manual__ui/files/{name}")
+        assert response.status_code == 200
+        assert response.headers["content-security-policy"] == "sandbox"
+        assert response.headers["x-content-type-options"] == "nosniff"
+    assert client.get("/runs/manual__nothing/files/config.json").status_code == 404
+    assert client.get("/runs/.bad/files/config.json").status_code == 400
+
+
+def test_the_report_tab_shows_only_its_own_dag_runs_folder(client):
+    """manual__ui. sanitises to the folder of DAG run manual__ui: its tab must not show that run."""
+    page = client.get("/report/faceattr_train/manual__ui.").text
+    assert "has no run folder yet" in page and "0.8600" not in page
