@@ -14,7 +14,8 @@ a section is skipped when the time budget, --budget-s, has no room for it):
     pipeline     split -> cache -> train epoch 1 (cold compile cache) -> epoch 2 (warm) -> validate
                  -> select -> test, each as its own `faceattr` process like an Airflow task, with
                  the parts each epoch records in metrics/train_epoch_K.json
-    steady_loop  the training loop on a device-resident cache, cuDNN autotuning off and on
+    steady_loop  the training loop on a device-resident cache, cuDNN autotuning off and on (a
+                 fresh process each: cuDNN's plan cache would carry the first setting's plans over)
     sync_sites   host-device synchronisations (torch.cuda.set_sync_debug_mode("warn")) in the
                  training loop (resident and streamed cache) and in scoring, by source line
     scoring      faceattr predict at two set sizes: the rate and the fixed cost apart, and the
@@ -40,7 +41,7 @@ from gpu_sections import (BLOCKER, REPO, Sizes, cuda_tests_section, env_section,
 SECTIONS: list[tuple[str, Callable[[dict], dict], float]] = [  # name, function, seconds it needs on a GPU
     ("env", env_section, 5), ("imports", imports_section, 30), ("nvjpeg", nvjpeg_section, 15),
     ("cuda_tests", cuda_tests_section, 90), ("pipeline", pipeline_section, 200),
-    ("steady_loop", steady_loop_section, 60), ("sync_sites", sync_sites_section, 30),
+    ("steady_loop", steady_loop_section, 120), ("sync_sites", sync_sites_section, 30),
     ("scoring", scoring_section, 40),
 ]
 

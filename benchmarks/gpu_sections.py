@@ -3,6 +3,7 @@
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -139,7 +140,7 @@ def cuda_tests_section(ctx: dict) -> dict:
     report = ctx["work"] / "cuda-tests.xml"
     env = {"FACEATTR_REQUIRE_CUDA": "0" if ctx["sizes"].dry_run else "1"}
     done = _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "cuda", f"--junitxml={report}",
-                 *files], ctx, timeout=400, env=env, blocked=False)
+                 *files], ctx, timeout=400, env=env)
     result: dict[str, Any] = {"files": files, "require_cuda": env["FACEATTR_REQUIRE_CUDA"] == "1", "rc": done["rc"]}
     if not report.is_file():
         return {**result, "error": done["stderr_tail"] or done["stdout_tail"]}
@@ -198,30 +199,50 @@ def pipeline_section(ctx: dict) -> dict:
 
 
 def steady_loop_section(ctx: dict) -> dict:
-    """train_one_epoch on a device-resident cache, after the compile warm-up, cuDNN autotuning off and on."""
+    """train_one_epoch on a device-resident cache, after the compile warm-up, cuDNN autotuning off
+    and on, each in a fresh process: cuDNN v8 looks its plan cache up before the benchmark flag and
+    does not key it by the flag, so a second setting in the same process would reuse the first's plans."""
+    launcher = ctx["work"] / "steady_blocked.py"
+    launcher.write_text(BLOCKER + f"\nimport json\nsys.path.insert(0, {str(REPO / 'benchmarks')!r})\n"
+                        "from gpu_sections import steady_rate\n"
+                        "print(json.dumps(steady_rate(sys.argv[1], sys.argv[2] == 'dry', sys.argv[3] == 'on')))\n")
+    result: dict[str, Any] = {"images_per_second": {}}
+    for setting in ("off", "on"):
+        done = _run([sys.executable, str(launcher), str(ctx["work"]), "dry" if ctx["sizes"].dry_run else "gpu", setting],
+                    ctx, timeout=300)
+        key = f"cudnn_benchmark_{setting}"
+        if done["rc"] != 0:
+            return {**result, "error": f"{key}: rc {done['rc']}: {done['stderr_tail']}"}
+        figures = json.loads(done["stdout_tail"].splitlines()[-1])
+        result["images_per_second"][key] = figures.pop("images_per_second")
+        result[f"warmup_s_{setting}"] = figures.pop("warmup_s")
+        result.update(figures)  # arch, batch, compiled, ...: the same in both
+    return result
+
+
+def steady_rate(work: str, dry_run: bool, benchmark: bool) -> dict:
+    """steady_loop_section's measurement in this (fresh) process, with cudnn.benchmark = `benchmark`."""
     import torch
 
-    sizes, device = ctx["sizes"], ctx["device"]
-    loop = _training_setup(ctx, sizes.steady_images)
+    from faceattr.runtime import synchronize
+
+    torch.backends.cudnn.benchmark = benchmark  # before any convolution has run in this process
+    sizes = Sizes(dry_run)
+    device = torch.device("cpu" if dry_run else "cuda")
+    loop = _training_setup({"device": device, "sizes": sizes, "work": Path(work)}, sizes.steady_images)
     start = time.perf_counter()
     loop["epoch"](loop["loader"])  # the first pass compiles
-    _sync(device)
-    result: dict[str, Any] = {"arch": sizes.arch, "batch": sizes.batch, "compiled": loop["compiled"],
-                              "resident": loop["loader"].resident, "upload_gb_s": loop["upload_gb_s"],
-                              "warmup_s": round(time.perf_counter() - start, 2),
-                              "steps_timed": sizes.steady_passes * len(loop["loader"]), "images_per_second": {}}
-    for benchmark in (False, True):
-        torch.backends.cudnn.benchmark = benchmark
-        loop["epoch"](loop["loader"])  # a first pass in this setting: cuDNN's choices made
-        _sync(device)
-        start, images = time.perf_counter(), 0
-        for _ in range(sizes.steady_passes):
-            images += loop["epoch"](loop["loader"])["images"]
-        _sync(device)
-        key = "cudnn_benchmark_on" if benchmark else "cudnn_benchmark_off"
-        result["images_per_second"][key] = round(images / (time.perf_counter() - start), 1)
-    ctx["loop"] = loop  # warm: the sync check reuses it
-    return result
+    loop["epoch"](loop["loader"])  # and a second: cuDNN's choices made
+    synchronize(device)
+    warmup_s = time.perf_counter() - start
+    start, images = time.perf_counter(), 0
+    for _ in range(sizes.steady_passes):
+        images += loop["epoch"](loop["loader"])["images"]
+    synchronize(device)
+    return {"arch": sizes.arch, "batch": sizes.batch, "compiled": loop["compiled"], "resident": loop["loader"].resident,
+            "upload_gb_s": loop["upload_gb_s"], "warmup_s": round(warmup_s, 2),
+            "steps_timed": sizes.steady_passes * len(loop["loader"]),
+            "images_per_second": round(images / (time.perf_counter() - start), 1)}
 
 
 def sync_sites_section(ctx: dict) -> dict:
@@ -229,11 +250,12 @@ def sync_sites_section(ctx: dict) -> dict:
     import torch
 
     from faceattr.data.loaders import CachedLoader
+    from faceattr.runtime import synchronize
 
     device = ctx["device"]
     if device.type != "cuda":
         return {"skipped": "torch.cuda.set_sync_debug_mode needs CUDA"}
-    loop = ctx.get("loop") or _training_setup(ctx, ctx["sizes"].sync_images)
+    loop = _training_setup(ctx, ctx["sizes"].sync_images)
     loop["epoch"](loop["loader"])  # warm, outside the watch
     streamed = CachedLoader(loop["loader"].dataset, batch_size=ctx["sizes"].batch, train=True, device=device,
                             seed=1, resident=False)
@@ -247,13 +269,13 @@ def sync_sites_section(ctx: dict) -> dict:
     result = {}
     for name, phase in phases.items():
         phase()  # once unwatched: allocations and cuDNN's first choices are not the steady state
-        _sync(device)
+        synchronize(device)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             torch.cuda.set_sync_debug_mode("warn")
             try:
                 phase()
-                _sync(device)
+                synchronize(device)
             finally:
                 torch.cuda.set_sync_debug_mode("default")
         sites = Counter(f"{_short(w.filename)}:{w.lineno}" for w in caught if "synchroniz" in str(w.message))
@@ -297,7 +319,7 @@ def _training_setup(ctx: dict, n: int) -> dict:
     from faceattr.data.loaders import CachedImages, CachedLoader
     from faceattr.engine.train import AttributeLoss, make_optimizer, train_one_epoch
     from faceattr.model import build_model
-    from faceattr.runtime import should_compile, use_compile_cache
+    from faceattr.runtime import should_compile, synchronize, use_compile_cache
 
     sizes, device = ctx["sizes"], ctx["device"]
     torch.manual_seed(0)
@@ -312,7 +334,7 @@ def _training_setup(ctx: dict, n: int) -> dict:
     start = time.perf_counter()
     loader = CachedLoader(CachedImages(pixels, [f"{i:06d}.jpg" for i in range(n)], labels), batch_size=sizes.batch,
                           train=True, device=device, seed=0)
-    _sync(device)
+    synchronize(device)
     upload_s = time.perf_counter() - start  # the whole split onto the device, when it is resident
     compiled = should_compile(None, device)
     if compiled:
@@ -386,11 +408,15 @@ def _predict(model_file: Path, folder: Path, out: Path, ctx: dict) -> tuple[dict
     return counts, timings
 
 
-def _run(command: list[str], ctx: dict, *, timeout: float, env: dict | None = None, blocked: bool = True) -> dict:
-    """Run a process with PYTHONPATH=repo and this check's FACEATTR_HOME; rc, seconds and output tails."""
+def _run(command: list[str], ctx: dict, *, timeout: float, env: dict | None = None) -> dict:
+    """Run a process with PYTHONPATH=repo and this check's FACEATTR_HOME; rc, seconds and output tails.
+
+    TORCHINDUCTOR_CACHE_DIR is not passed on (this process may have set it, use_compile_cache): the
+    child finds the compile cache under its FACEATTR_HOME, so the pipeline's epoch 1 starts cold."""
     if ctx.get("deadline"):  # a hung process must not take the rest of the budget with it
         timeout = max(30.0, min(timeout, ctx["deadline"] - time.perf_counter()))
-    full_env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    inherited = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+    full_env = {**inherited, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
                 "FACEATTR_HOME": str(ctx["work"] / "home"), "FACEATTR_WORLD_SIZE": "1", **(env or {})}
     start = time.perf_counter()
     try:
@@ -400,13 +426,6 @@ def _run(command: list[str], ctx: dict, *, timeout: float, env: dict | None = No
                 "stderr_tail": f"timed out after {timeout} s: {_tail(exc.stderr)}"}
     return {"rc": done.returncode, "seconds": round(time.perf_counter() - start, 2),
             "stdout_tail": _tail(done.stdout), "stderr_tail": _tail(done.stderr)}
-
-
-def _sync(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _tail(text, lines: int = 12) -> str:
