@@ -10,7 +10,8 @@ this process, which forwards it.
 
 Stopping: SIGINT to the command's process group (Airflow's own graceful shutdown), SIGTERM if
 it has not exited GRACE seconds later, SIGKILL after as many again; then whatever it left in its
-group gets SIGTERM and SIGKILL, so no child outlives this process. Exit status: 128 + the signal that stopped it, else the command's.
+session (Airflow's task runners sit in process groups of their own) gets SIGTERM and SIGKILL, so
+no child outlives this process. Exit status: 128 + the signal that stopped it, else the command's.
 """
 from __future__ import annotations
 
@@ -26,25 +27,39 @@ GRACE = 30.0  # seconds airflow standalone gets to stop its components after SIG
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-def group_alive(pgid: int) -> bool:
-    """Whether a live (not zombie) process is left in process group `pgid`."""
+def session_pids(sid: int) -> list[int] | None:
+    """Live (not zombie) processes of session `sid`; None without /proc (macOS).
+
+    The session, not the process group: Airflow starts each task runner in a process group of its
+    own (setpgid), so a training process is outside the command's group but still in its session.
+    """
     proc = Path("/proc")
-    if not proc.is_dir():  # no /proc (macOS): ask the kernel, zombies included
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+    if not proc.is_dir():
+        return None
+    found = []
     for entry in proc.iterdir():
         try:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):  # not a process, or it just ended
             continue
-        if int(fields[2]) == pgid and fields[0] != "Z":  # fields after "(comm)": state, ppid, pgrp
-            return True
-    return False
+        if int(fields[3]) == sid and fields[0] != "Z":  # fields after "(comm)": state, ppid, pgrp, session
+            found.append(int(entry.name))
+    return found
+
+
+def signal_leftovers(sid: int, sig: int) -> bool:
+    """Send `sig` to every process left in session `sid`; whether there was any."""
+    pids = session_pids(sid)
+    if pids is None:  # no /proc: the command's group is the best we can reach
+        pids = [-sid]
+    sent = False
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+            sent = True
+        except ProcessLookupError:
+            pass
+    return sent
 
 
 def signal_group(pgid: int, sig: int) -> None:
@@ -72,11 +87,11 @@ def stop(child: subprocess.Popen, grace: float) -> None:
             break
         print(f"supervise: {child.args[0]} still running {grace:.0f} s after {signal.Signals(sig).name}",
               file=sys.stderr, flush=True)
+    sid = child.pid  # start_new_session: the command leads a session of its own
     for sig in (signal.SIGTERM, signal.SIGKILL):  # its orphans: nothing may outlive this process
-        if not group_alive(pgid):
+        if not signal_leftovers(sid, sig):
             return
-        signal_group(pgid, sig)
-        wait_for(lambda: not group_alive(pgid), 5.0)
+        wait_for(lambda: not session_pids(sid), 5.0)
 
 
 def main(argv: list[str] | None = None) -> int:

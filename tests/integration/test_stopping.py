@@ -3,8 +3,8 @@
 A job started in the background by a script (`make airflow > log 2>&1 &`) inherits SIGINT
 ignored; these tests start the processes that way (and, for comparison, as a terminal's
 foreground job) and check that SIGINT stops them with nothing left behind. `airflow` is replaced
-by a stand-in on PATH whose `standalone` starts two children, one of which ignores SIGINT, and
-exits without waiting for them: the sloppiest shutdown scripts/supervise.py must clean up after.
+by a stand-in on PATH whose `standalone` starts two children, one of which ignores SIGINT in a
+process group of its own (as Airflow starts task runners), and exits without waiting for them: the sloppiest shutdown scripts/supervise.py must clean up after.
 """
 from __future__ import annotations
 
@@ -29,8 +29,10 @@ FAKE_STANDALONE = """
 import os, signal, subprocess, sys, time
 children = [
     subprocess.Popen(["sleep", "300"]),
+    # Like Airflow's task runners: a process group of its own, out of reach of a killpg on the command's.
     subprocess.Popen([sys.executable, "-c",
-                      "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); time.sleep(300)"]),
+                      "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); time.sleep(300)"],
+                     preexec_fn=lambda: os.setpgid(0, 0)),
 ]
 with open(os.environ["FAKE_PIDS"], "w") as handle:
     handle.write(" ".join(str(p) for p in [os.getpid()] + [c.pid for c in children]))
