@@ -39,6 +39,7 @@ from faceattr.store.schema import Model, ModelEvent, Run
 from faceattr.store.store import Store, default_url
 
 CHAMPION_NAMES = ("champion", "latest")  # "latest": the name scoring used before the registry
+ROLLED_BACK = "rolled back by"  # how a rollback's event reason starts: _champion_stack pops on it
 _LOCK = "SELECT pg_advisory_xact_lock(hashtext('faceattr.store.registry'))"
 
 
@@ -156,28 +157,44 @@ def promote(store: Store, run_id: str, *, actor: str, epoch: int | None = None) 
 
 
 def rollback(store: Store, *, actor: str) -> dict[str, Any]:
-    """Give the championship back to the model the current champion replaced. Rolling back twice
-    returns to where it started (each rollback replaces the champion, like any promotion)."""
+    """Give the championship back to the champion before the current one. A stack: each rollback
+    undoes one more promotion (A, B, C promoted: rollback gives B, another gives A), never back
+    to the model a rollback just removed."""
     with store.write() as conn:
         _lock(conn)
         champion = _champion(conn)
         if champion is None:
             raise RegistryError("rollback: there is no champion yet")
-        event = _last_event(conn, champion, "champion")
-        if event is None or event.previous_run_id is None:
+        stack = _champion_stack(conn)
+        if len(stack) < 2 or stack[-1] != (champion["run_id"], champion["epoch"]):
             raise RegistryError(f"rollback: run {champion['run_id']} was the first champion; nothing to roll back to")
-        previous = conn.execute(select(Model).where(Model.run_id == event.previous_run_id,
-                                                    Model.epoch == event.previous_epoch)).mappings().first()
+        run_id, epoch = stack[-2]
+        previous = conn.execute(select(Model).where(Model.run_id == run_id, Model.epoch == epoch)).mappings().first()
         if previous is None:
-            raise RegistryError(f"rollback: the previous champion, run {event.previous_run_id}, is no longer in the store")
+            raise RegistryError(f"rollback: the previous champion, run {run_id}, is no longer in the store")
         previous = dict(previous)
         if not Path(previous["path"]).is_file():
             raise RegistryError(f"rollback: the previous champion's model {previous['path']} is missing")
         _make_champion(conn, previous, champion,
-                       f"rolled back by {actor} from run {champion['run_id']} epoch {champion['epoch']}", actor)
+                       f"{ROLLED_BACK} {actor} from run {champion['run_id']} epoch {champion['epoch']}", actor)
     return {"changed": True, "champion": _brief(previous), "previous": _brief(champion),
             "message": (f"champion is now run {previous['run_id']} epoch {previous['epoch']} "
                         f"(rolled back from run {champion['run_id']} epoch {champion['epoch']})")}
+
+
+def _champion_stack(conn: Connection) -> list[tuple[str, int]]:
+    """The champions in the order they were crowned, less those a rollback undid: the last is the champion."""
+    stack: list[tuple[str, int]] = []
+    events = conn.execute(select(ModelEvent).where(ModelEvent.state == "champion").order_by(ModelEvent.id)).all()
+    for event in events:
+        model = (event.run_id, event.epoch)
+        if (event.reason or "").startswith(ROLLED_BACK):
+            if stack:
+                stack.pop()  # the champion it undid
+            if stack and stack[-1] == model:
+                continue
+        stack.append(model)
+    return stack
 
 
 # -- reads ---------------------------------------------------------------------------------------

@@ -140,6 +140,20 @@ def test_promote_and_rollback_by_hand(store, tmp_path):
         registry.resolve(store, "ghost")
 
 
+def test_rollback_steps_back_through_the_champions_in_order(store, tmp_path):
+    """A, B, C promoted in turn: rollback gives B, the next A (not C again), then there is nothing left."""
+    root = _data_root(tmp_path)
+    for name, test in (("a", 0.80), ("b", 0.82), ("c", 0.84)):
+        registry.publish(store, _tested_run(tmp_path, name, test, root=root), actor="dag")
+    assert registry.rollback(store, actor="t")["champion"]["run_id"] == "b"
+    assert registry.rollback(store, actor="t")["champion"]["run_id"] == "a"
+    with pytest.raises(RegistryError, match="nothing to roll back to"):
+        registry.rollback(store, actor="t")
+    registry.promote(store, "c", actor="t")  # a new promotion goes on top; rolling it back returns to a
+    assert registry.rollback(store, actor="t")["champion"]["run_id"] == "a"
+    assert registry.champion(store)["run_id"] == "a"
+
+
 def test_scoring_jobs_keep_their_model_across_a_rollback(store, tmp_path):
     root = _data_root(tmp_path)
     registry.publish(store, _tested_run(tmp_path, "one", 0.80, root=root), actor="t")
