@@ -62,6 +62,21 @@ def test_migrations_create_schema(store, store_url):
     assert versions == list(heads)
 
 
+def test_downgrade_of_the_registry_keeps_the_scoring_jobs_model(store, tmp_path):
+    from alembic import command
+
+    _add_run(store, "r", tmp_path)
+    store.upsert_model("r", 1, path=tmp_path / "r" / "model.pt", val_mean_accuracy=0.8, test_mean_accuracy=None)
+    store.upsert_scoring_job("job", model_run_id="r", model_epoch=1, status="success")
+    with store.write() as conn:
+        command.downgrade(store._alembic_config(conn), "0001")
+    assert "state" not in {c["name"] for c in inspect(store.engine).get_columns("models")}
+    with store.engine.connect() as conn:
+        job = conn.execute(text("SELECT model_run_id, model_epoch FROM scoring_jobs")).one()
+    assert tuple(job) == ("r", 1)
+    store.upgrade()
+
+
 def test_default_url_is_a_sqlite_file_under_faceattr_home(tmp_path, monkeypatch):
     monkeypatch.delenv("FACEATTR_DB_URL", raising=False)
     monkeypatch.setenv("FACEATTR_HOME", str(tmp_path / "home"))

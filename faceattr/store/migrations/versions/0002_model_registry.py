@@ -46,6 +46,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("model_events")
-    with op.batch_alter_table("models") as batch:
-        for name in NEW_COLUMNS:
-            batch.drop_column(name)
+    # Plain ALTER TABLE DROP COLUMN (SQLite >= 3.35), not batch_alter_table: batch recreates the
+    # table, and dropping the old models with foreign keys on sets every scoring job's model to NULL.
+    for name in NEW_COLUMNS:
+        op.drop_column("models", name)
