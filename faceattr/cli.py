@@ -278,6 +278,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"faceattr {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        database = sys.modules.get("sqlalchemy.exc")  # loaded only by the commands that open the run store
+        if database is None or not isinstance(exc, database.SQLAlchemyError):
+            raise
+        # A locked SQLite file, a dropped PostgreSQL connection, a refused write: the driver's words.
+        print(f"faceattr {args.command}: error: run store: {type(exc).__name__}: {getattr(exc, 'orig', None) or exc}",
+              file=sys.stderr)
+        return 2
     return 0
 
 

@@ -24,3 +24,18 @@ def test_unknown_preset_is_refused(capsys):
         cli.main(["split", "--root", "r", "--out", "o", "--preset", "tpu"])
     assert exit_info.value.code == 2
     assert "--preset: invalid choice: 'tpu'" in capsys.readouterr().err
+
+
+def test_a_run_store_error_is_a_clear_message(tmp_path, monkeypatch, capsys):
+    """A locked SQLite file or a dropped connection: one line naming the run store, exit 2, no traceback."""
+    from sqlalchemy.exc import OperationalError
+
+    from faceattr import views
+
+    def locked(store):
+        raise OperationalError("SELECT 1", {}, Exception("database is locked"))
+
+    monkeypatch.setenv("FACEATTR_DB_URL", f"sqlite:///{tmp_path / 'store.db'}")
+    monkeypatch.setattr(views, "format_models", locked)
+    assert cli.main(["models"]) == 2
+    assert capsys.readouterr().err.strip() == "faceattr models: error: run store: OperationalError: database is locked"
