@@ -352,7 +352,6 @@ def publish(params: Mapping[str, Any], dag_run_id: str) -> dict:
         result = registry.publish(
             opened, run.dir, run_id=run.id, min_gain=float(params.get("promote_min_gain") or 0.0),
             force=params.get("promote") == "force", actor=f"faceattr_train {dag_run_id}",
-            status="success", finished_at=now(),
         )
     log.info("published %s (epoch %d, val %.4f, test %.4f): %s, %s", result["model"], result["epoch"],
              result["val_mean_accuracy"], result["test_mean_accuracy"], result["state"], result["reason"])

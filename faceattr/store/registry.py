@@ -77,8 +77,10 @@ def _set_difference(new: dict | None, old: dict | None) -> str | None:
 
 # -- publish: record, gate, maybe promote --------------------------------------------------------
 def publish(store: Store, run_dir: str | Path, *, run_id: str | None = None, min_gain: float = 0.0,
-            force: bool = False, actor: str, **run_fields: Any) -> dict[str, Any]:
-    """Record the run folder (as sync_run_dir does) and let its tested model through the gate.
+            force: bool = False, actor: str) -> dict[str, Any]:
+    """Record the finished run folder (as sync_run_dir does: status success, finished now) and let
+    its tested model through the gate. The DAG's publish task and `faceattr models publish` both
+    make exactly this call.
 
     Returns {"run", "epoch", "state", "reason", "promoted", "previous_champion", "val_mean_accuracy",
     "test_mean_accuracy", "model"}; `promoted` is true only when this call made it the champion.
@@ -94,7 +96,7 @@ def publish(store: Store, run_dir: str | Path, *, run_id: str | None = None, min
             f"{layout.metrics('test', best['epoch'])}: the selected epoch has no test metrics; run "
             f"'faceattr evaluate --run {layout.root} --epoch best --split test' before publishing")
     eval_set = evaluation_set(layout.root)
-    store.sync_run_dir(run_id, layout.root, **run_fields)
+    store.sync_run_dir(run_id, layout.root, status="success", finished_at=datetime.now(timezone.utc))
 
     with store.write() as conn:
         _lock(conn)

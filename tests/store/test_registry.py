@@ -140,6 +140,18 @@ def test_promote_and_rollback_by_hand(store, tmp_path):
         registry.resolve(store, "ghost")
 
 
+def test_faceattr_models_publish_records_the_run_finished_like_the_dag(store, store_url, tmp_path, monkeypatch):
+    """Both publish paths make one call: the run is recorded success and finished, whichever ran it."""
+    from faceattr import cli
+
+    run_dir = _tested_run(tmp_path, "by-hand", 0.8, root=_data_root(tmp_path))
+    store.sync_run_dir("by-hand", run_dir, status="running")
+    monkeypatch.setenv("FACEATTR_DB_URL", store_url)
+    assert cli.main(["models", "publish", str(run_dir)]) == 0
+    run = store.run("by-hand")
+    assert run["status"] == "success" and run["finished_at"] is not None
+
+
 def test_rollback_steps_back_through_the_champions_in_order(store, tmp_path):
     """A, B, C promoted in turn: rollback gives B, the next A (not C again), then there is nothing left."""
     root = _data_root(tmp_path)
