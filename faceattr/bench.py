@@ -9,11 +9,10 @@ Three figures, each in images per second for both recipes and their ratio:
                against faceattr.engine.train.train_one_epoch on the cache path (bf16 autocast,
                channels_last, torch.compile and cuDNN autotuning on CUDA, at the GPU preset's batch,
                faceattr.config.PRESETS["gpu"]), timed in steady state: putting the split on the
-               device and the compile warm-up are reported apart, and on CUDA the loop is timed
-               again with cuDNN autotuning off
+               device and the compile warm-up are reported apart
     score      scoring JPEG files: a PIL DataLoader + fp32 model against faceattr.engine.predict.predict
-               (batched nvjpeg decode, bf16, channels_last on CUDA), both after their model is
-               loaded; predict's end-to-end rate and its fixed cost (model load, first batch, CSV
+               (batched nvjpeg decode, bf16, channels_last on CUDA), both from their second batch
+               (model load, loader start and first batch apart); predict's end-to-end rate and its fixed cost (model load, first batch, CSV
                writing) are reported beside it
 
 The cache build (once per run) is reported beside them. Sizes: "small" (the CPU default:
@@ -24,6 +23,7 @@ less with inductor's on-disk cache).
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -50,12 +50,10 @@ class BenchSize:
     train_passes: int = 1  # timed passes over the train_images, after the warm-up
 
 
-
-
 SIZES = {
     "small": BenchSize(arch="resnet18", images=384, score_images=96, train_images=64, synth_images=128,
                        writeup_batch=64, fast_batch=64, score_batch=64),
-    # The GPU preset's batches (faceattr.config.PRESETS["gpu"]); 4 passes: 128 timed steps.
+    # The GPU preset's batches (faceattr.config.PRESETS["gpu"]); enough timed steps for a steady rate.
     "full": BenchSize(arch="resnext50_32x4d", images=8192, score_images=8192, train_images=8192, synth_images=512,
                       writeup_batch=64, fast_batch=PRESETS["gpu"]["batch_size"], score_batch=SCORE_BATCH_SIZES["gpu"],
                       train_passes=4),
@@ -129,10 +127,8 @@ def format_table(figures: dict[str, Any]) -> str:
         f"{' compiled' if figures['train.fast_compiled'] else ''} (warm-up {figures['train.fast_warmup_s']:.1f} s, "
         "not in the epoch)"
     )
-    lines.append(f"train: split to the device {figures['train.fast_upload_s']:.2f} s (not in the epoch)"
-                 + (f"; cuDNN autotuning off: {figures['train.fast_img_s_cudnn_benchmark_off']:.1f} img/s"
-                    if "train.fast_img_s_cudnn_benchmark_off" in figures else ""))
-    lines.append(f"score: faceattr's rate after its first batch; end to end {figures['score.fast_end_to_end_img_s']:.1f}"
+    lines.append(f"train: split to the device {figures['train.fast_upload_s']:.2f} s (not in the epoch)")
+    lines.append(f"score: both rates from the second batch; faceattr end to end {figures['score.fast_end_to_end_img_s']:.1f}"
                  f" img/s with {figures['score.fast_fixed_s']:.2f} s of model load, first batch and CSV writing")
     lines.append(f"cache build: {figures['images']} images in {figures['cache.build_s']:.1f} s "
                  f"({figures['cache.build_img_s']:.0f} img/s, once per run)")
@@ -222,21 +218,16 @@ def _all_ids(run_dir: Path) -> list[str]:
     return read_json(cache_paths(run_dir, "train")[1])["image_ids"]
 
 
-def _sync(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _data_path_figures(run_dir, root, image_ids, labels, spec: BenchSize, device) -> dict[str, float]:
+    from faceattr.runtime import synchronize
+
     def one_pass(make_loader) -> float:
         start = time.perf_counter()
         seen = 0
         for images, _ in make_loader():
             images = images.to(device, non_blocking=True)
             seen += images.shape[0]
-        _sync(device)
+        synchronize(device)
         return seen / (time.perf_counter() - start)
 
     writeup = one_pass(lambda: _writeup_loader(root, image_ids, labels, spec.writeup_batch, device, train=True))
@@ -249,7 +240,7 @@ def _train_figures(run_dir, root, image_ids, labels, spec: BenchSize, device) ->
 
     from faceattr.config import RunConfig
     from faceattr.model import build_model
-    from faceattr.runtime import should_compile
+    from faceattr.runtime import prepare_cuda, should_compile, synchronize
     from faceattr.engine.train import AttributeLoss, make_optimizer, train_one_epoch
 
     ids, rows = image_ids[: spec.train_images], labels[: spec.train_images]
@@ -275,17 +266,21 @@ def _train_figures(run_dir, root, image_ids, labels, spec: BenchSize, device) ->
     warm_batch = spec.writeup_batch if device.type == "cuda" else min(spec.writeup_batch, 8)
     warm = torch.randn(warm_batch, 3, 218, 178, device=device)
     writeup_step(warm, torch.ones(warm_batch, 40, device=device))
-    _sync(device)
+    # The loader is built and its first batch fetched before the clock starts (worker start-up),
+    # as faceattr's loader below is built before its clock starts.
+    batches = iter(_writeup_loader(root, ids, rows, spec.writeup_batch, device, train=True))
+    first = next(batches)
+    synchronize(device)
     start = time.perf_counter()
     seen = 0
-    for images, targets in _writeup_loader(root, ids, rows, spec.writeup_batch, device, train=True):
+    for images, targets in itertools.chain([first], batches):
         writeup_step(images, targets)
         seen += images.shape[0]
-    _sync(device)
+    synchronize(device)
     writeup = seen / (time.perf_counter() - start)
-    del model, optimizer
+    del model, optimizer, first, batches
 
-    torch.backends.cudnn.benchmark = device.type == "cuda"  # as faceattr.engine.train sets it
+    prepare_cuda(device)  # cuDNN autotuning, as faceattr.engine.train sets it
     # faceattr: the product's own training loop on the cache path. The loader is made first (on
     # CUDA it puts the split on the device: once per epoch task, reported apart), the model is
     # warmed up (compile, cuDNN's autotuning), then the same loader is timed: the steady loop.
@@ -298,33 +293,30 @@ def _train_figures(run_dir, root, image_ids, labels, spec: BenchSize, device) ->
     runner = torch.compile(model) if compiled else model
     start = time.perf_counter()
     loader = _fast_loader(run_dir, root, ids, rows, spec.fast_batch, device, train=True)
-    _sync(device)
+    synchronize(device)
     upload_s = time.perf_counter() - start
     start = time.perf_counter()
     # Compiling needs two full steps (the first compiles, the second checks the guards).
     warm_count = min(len(ids), 2 * spec.fast_batch if compiled else warm_batch)
     warm_loader = _fast_loader(run_dir, root, ids[:warm_count], rows[:warm_count], spec.fast_batch, device, train=True)
     train_one_epoch(runner, warm_loader, loss_fn, optimizer, device, desc="bench warm-up", log_every_s=1e9)
-    _sync(device)
+    synchronize(device)
     warmup_s = time.perf_counter() - start
 
     def steady() -> float:
-        _sync(device)
+        synchronize(device)
         start, seen = time.perf_counter(), 0
         for _ in range(spec.train_passes):
             seen += train_one_epoch(runner, loader, loss_fn, optimizer, device, desc="bench train",
                                     log_every_s=1e9)["images"]
-        _sync(device)
+        synchronize(device)
         return seen / (time.perf_counter() - start)
 
     figures = {"train.writeup_img_s": round(writeup, 1), "train.fast_img_s": round(steady(), 1),
                "train.fast_compiled": compiled, "train.fast_warmup_s": round(warmup_s, 2),
                "train.fast_upload_s": round(upload_s, 3)}
-    if device.type == "cuda":  # what cuDNN's autotuning (on in the product) is worth
-        torch.backends.cudnn.benchmark = False
-        steady()  # cuDNN's heuristic choices, first use
-        figures["train.fast_img_s_cudnn_benchmark_off"] = round(steady(), 1)
-        torch.backends.cudnn.benchmark = True
+    # What cuDNN's autotuning is worth is measured by benchmarks/gpu_check.py, each setting in a
+    # fresh process: cuDNN's plan cache is not keyed by the flag, so one process cannot compare them.
     return figures
 
 
@@ -339,7 +331,7 @@ def _score_figures(work: Path, root: Path, spec: BenchSize, device) -> dict[str,
     from faceattr.data.layout import images_dir
     from faceattr.model import build_model
     from faceattr.engine.predict import list_folder, predict
-    from faceattr.runtime import resolve_num_workers
+    from faceattr.runtime import resolve_num_workers, synchronize
 
     # A folder of the first score_images files, as a user would hand to 'faceattr predict'.
     folder = work / "score"
@@ -352,21 +344,25 @@ def _score_figures(work: Path, root: Path, spec: BenchSize, device) -> dict[str,
     model_path = export_model(work / "model.pt", model.state_dict(), RunConfig(arch=spec.arch, weights="none"),
                               epoch=1, thresholds=np.zeros(40, np.float32), run="bench", val_mean_accuracy=0.0)
 
-    # The write-up: PIL decode in workers, fp32, batch 64.
+    # The write-up: PIL decode in workers, fp32, batch 64; timed from its second batch, as
+    # predict's steady rate below (loader start and the first batch are fixed costs on both sides).
     model = model.to(device)
     workers = resolve_num_workers(-1)
     with torch.inference_mode():
         model(torch.randn(spec.writeup_batch, 3, 218, 178, device=device))
-        _sync(device)
-        start = time.perf_counter()
+        synchronize(device)
+        writeup_start = time.perf_counter()
         loader = torch.utils.data.DataLoader(
             CelebAImages(folder, files, None, eval_transform()), batch_size=spec.writeup_batch,
             num_workers=workers, pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
-        seen = 0
+        steady_start, seen = None, 0
         for images, _ in loader:
-            model(images.to(device, non_blocking=True)).float().cpu()
-            seen += images.shape[0]
-        writeup = seen / (time.perf_counter() - start)
+            model(images.to(device, non_blocking=True)).float().cpu()  # .cpu() waits for the device
+            if steady_start is None:
+                steady_start = time.perf_counter()
+            else:
+                seen += images.shape[0]
+        writeup_end = time.perf_counter()
     del model
 
     # faceattr: the product's predict on the same folder (a first call warms up CUDA and cuDNN).
@@ -379,9 +375,11 @@ def _score_figures(work: Path, root: Path, spec: BenchSize, device) -> dict[str,
     end_to_end = result["rows"] / (time.perf_counter() - start)
     if result["errors"]:
         raise RuntimeError(f"bench: predict could not read {result['errors']} image(s); see {result['errors_csv']}")
-    # The rate after the first batch, as the write-up's loop above is timed after its model is
-    # loaded; model load, worker start and CSV writing are predict's fixed cost, reported apart.
-    fast = timings["steady_images_per_second"] or end_to_end
+    # Both from the second batch on (one batch only: end to end on both sides); model load,
+    # worker start, the first batch and CSV writing are predict's fixed cost, reported apart.
+    single = seen == 0 or not timings["steady_images_per_second"]
+    writeup = len(files) / (writeup_end - writeup_start) if single else seen / (writeup_end - steady_start)
+    fast = end_to_end if single else timings["steady_images_per_second"]
     return {"score.writeup_img_s": round(writeup, 1), "score.fast_img_s": round(fast, 1),
             "score.fast_end_to_end_img_s": round(end_to_end, 1),
             "score.fast_fixed_s": round(timings["load_s"] + timings["first_batch_s"] + timings["write_s"], 3)}
