@@ -43,6 +43,14 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
+def prepare_cuda(device: torch.device) -> None:
+    """On CUDA, let cuDNN time the candidate algorithms for each convolution shape and keep the
+    fastest (cudnn.benchmark): training, evaluation and scoring run the same shapes batch after
+    batch, so the one-off timing pays (most for grouped convolutions). Nothing to do on CPU."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for the work queued on `device` (CUDA runs asynchronously); nothing to wait for on CPU."""
     if device.type == "cuda":

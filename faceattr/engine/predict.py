@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from faceattr.data.jpeg import JpegDecoder, RawJpegs, plain_jpeg  # noqa: F401 - plain_jpeg: tests, bench
+from faceattr.data.jpeg import JpegDecoder, RawJpegs, plain_jpeg
 from faceattr.fsutil import atomic_path
 from faceattr.attributes import ATTRIBUTES
 from faceattr.data.access import REFUSED_OUTSIDE, inside
@@ -77,8 +77,6 @@ def predict(
     for path in (out_csv, errors_csv):  # before any scoring work, not after it
         _check_output(path)
     device = resolve_device(device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # every full batch has the same shape
 
     model, info = load_model_file(model_path)
     if list(info["attributes"]) != list(ATTRIBUTES):

@@ -234,6 +234,7 @@ def test_device_jpeg_decode_gives_the_pil_results_and_errors(tmp_path, monkeypat
     import pandas as pd
 
     import faceattr.engine.predict as predict_module
+    from faceattr.data.jpeg import plain_jpeg
     from faceattr.model import export_model
     from faceattr.model import build_model
 
@@ -255,11 +256,11 @@ def test_device_jpeg_decode_gives_the_pil_results_and_errors(tmp_path, monkeypat
     (folder / "09_garbage.jpg").write_bytes(b"\xff\xd8\xff" + b"\x00" * 200 + b"\xff\xd9")
     (folder / "10_notes.txt").write_text("not an image")
 
-    assert predict_module.plain_jpeg(whole)
-    assert not predict_module.plain_jpeg(whole[: len(whole) // 2])
-    assert not predict_module.plain_jpeg((folder / "05_cmyk.jpg").read_bytes())
-    assert not predict_module.plain_jpeg((folder / "07_rotated.jpg").read_bytes())
-    assert not predict_module.plain_jpeg((folder / "09_garbage.jpg").read_bytes())
+    assert plain_jpeg(whole)
+    assert not plain_jpeg(whole[: len(whole) // 2])
+    assert not plain_jpeg((folder / "05_cmyk.jpg").read_bytes())
+    assert not plain_jpeg((folder / "07_rotated.jpg").read_bytes())
+    assert not plain_jpeg((folder / "09_garbage.jpg").read_bytes())
 
     torch.manual_seed(0)
     model = build_model("resnet18", weights="none")

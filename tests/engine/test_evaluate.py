@@ -295,3 +295,19 @@ def test_commands_report_errors_without_a_traceback(base_run, tmp_path, capsys):
     assert "faceattr evaluate: error:" in capsys.readouterr().err
     assert main(["select", "--run", str(run)]) == 2
     assert "no epoch_K.pt checkpoints" in capsys.readouterr().err
+
+
+def test_inference_turns_cudnn_autotuning_on_for_cuda_only(monkeypatch):
+    """Evaluation and scoring (prepare_for_inference) get the fast path's cuDNN rule, as training does."""
+    from faceattr import runtime
+    from faceattr.engine.evaluate import prepare_for_inference
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    prepare_for_inference(torch.nn.Linear(2, 2), torch.device("cpu"))
+    assert torch.backends.cudnn.benchmark is False
+    runtime.prepare_cuda(torch.device("cuda"))  # sets a flag only: no CUDA device needed
+    assert torch.backends.cudnn.benchmark is True
+    asked = []
+    monkeypatch.setattr(runtime, "prepare_cuda", asked.append)
+    prepare_for_inference(torch.nn.Linear(2, 2), torch.device("cpu"))
+    assert asked == [torch.device("cpu")]
