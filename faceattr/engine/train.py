@@ -21,8 +21,8 @@ from faceattr.engine.parallel import Rank
 from faceattr.run.layout import RunLayout
 from faceattr.run.metrics import write_epoch_metrics
 from faceattr.progress import Progress
-from faceattr.runtime import (autocast, process_age_s, resolve_device, rng_state, seed_everything, set_rng_state,
-                              should_compile, synchronize, use_compile_cache)
+from faceattr.runtime import (autocast, prepare_cuda, process_age_s, resolve_device, rng_state, seed_everything,
+                              set_rng_state, should_compile, synchronize, use_compile_cache)
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,7 @@ def train_one_epoch(
     desc: str = "train",
     log_every_s: float = 10.0,
     channels_last: bool | None = None,
+    rank: Rank = Rank.single(),
 ) -> dict:
     """One pass over `loader`: {"loss", "accuracy", "images", "seconds", "images_per_second",
     "warmup_s", "loop_s", "loop_images_per_second"}.
@@ -123,8 +124,11 @@ def train_one_epoch(
     Loss and accuracy (outputs >= 0 vs the -1/+1 labels, averaged over all attributes) are summed
     on the device and read back only when progress is shown, so the GPU is not synced per batch.
     "seconds" and "images_per_second" cover the whole pass; the first step, where torch.compile
-    compiles and CUDA warms up, is timed apart ("warmup_s"), and the steady rate is measured from
-    there ("loop_*": after a device sync, up to a sync at the end; None with a single step).
+    compiles and CUDA warms up, is timed apart ("warmup_s": from the first batch's arrival, so the
+    loader's start-up is not in it), and the steady rate is measured from there ("loop_*": after a
+    device sync, up to a sync at the end; None with a single step).
+    `rank`: under DDP only rank 0 shows progress, counting its images times the world size
+    against the whole split (the ranks' shares differ by at most one image per batch).
     """
     if channels_last is None:
         channels_last = device.type == "cuda"
@@ -133,15 +137,17 @@ def train_one_epoch(
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct_sum = torch.zeros((), device=device, dtype=torch.float64)  # per-image accuracies, summed
     seen = 0
-    progress = Progress(len(loader.dataset), desc, log_every_s=log_every_s)
+    progress = Progress(len(loader.dataset), desc, log_every_s=log_every_s, enabled=rank.is_main)
 
     def running() -> dict[str, float]:
         n = max(seen, 1)
         return {"loss": loss_sum.item() / n, "acc": correct_sum.item() / n}
 
     start = time.perf_counter()
-    loop_start, warmup_images = None, 0
+    first_at, loop_start, warmup_images = None, None, 0
     for images, targets in loader:
+        if first_at is None:  # the first batch is here: the loader's start-up is behind us
+            first_at = time.perf_counter()
         images = images.to(device, non_blocking=True, memory_format=memory_format)
         targets = targets.to(device, non_blocking=True)
         with autocast(device):
@@ -158,7 +164,7 @@ def train_one_epoch(
         if loop_start is None:  # the first step is done: the steady loop starts here
             synchronize(device)
             loop_start, warmup_images = time.perf_counter(), seen
-        progress.update(batch, running)
+        progress.update(batch * rank.world_size, running)
     progress.close()
     if seen == 0:
         raise ValueError("train: the loader yielded no images")
@@ -172,7 +178,7 @@ def train_one_epoch(
         "images": seen,
         "seconds": seconds,
         "images_per_second": seen / seconds if seconds > 0 else 0.0,
-        "warmup_s": loop_start - start,
+        "warmup_s": loop_start - first_at,
         "loop_s": loop_seconds,
         "loop_images_per_second": loop_images / loop_seconds if loop_images and loop_seconds > 0 else None,
     }
@@ -256,7 +262,8 @@ def train_epoch(run_dir: str | Path, epoch: int, config: RunConfig, *, rank: Ran
 
     Besides the training figures, the metrics file records what the epoch task cost apart from the
     loop (each epoch is its own process): "startup_s" (process start to here, Linux only; None
-    for a process's later epochs), "load_s" (checkpoint and model), "upload_s" (the train loader:
+    for a process's later epochs, and under DDP, where this process is a spawned rank, not the
+    task's), "load_s" (checkpoint and model), "upload_s" (the train loader:
     on the fast path, the split's copy to the GPU), "compile_s" (with torch.compile, the first
     step, which compiles), "recalibration_s", "save_s" and "task_s" (all of it, start-up included
     when measured).
@@ -268,7 +275,8 @@ def train_epoch(run_dir: str | Path, epoch: int, config: RunConfig, *, rank: Ran
 
     global _process_trained
     # Start-up counts for the first epoch of a process only: `faceattr fit` trains all in one.
-    entered, startup = time.perf_counter(), None if _process_trained else process_age_s()
+    entered = time.perf_counter()
+    startup = None if _process_trained or rank.distributed else process_age_s()
     _process_trained = True
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
         raise ValueError(f"epoch: {epoch!r} must be an integer >= 1")
@@ -290,8 +298,7 @@ def train_epoch(run_dir: str | Path, epoch: int, config: RunConfig, *, rank: Ran
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-        # Every step has the same shapes: cuDNN's measured algorithm choice pays (grouped convolutions).
-        torch.backends.cudnn.benchmark = True
+    prepare_cuda(device)
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config)
     if previous is not None:
@@ -319,7 +326,7 @@ def train_epoch(run_dir: str | Path, epoch: int, config: RunConfig, *, rank: Ran
         "epoch %d: %d train images, %s on %s, batch %d, lr %.3g, %d loader workers",
         epoch, len(loader.dataset), config.arch, device, loader.batch_size or config.batch_size, lr, loader.num_workers,
     )
-    stats = train_one_epoch(runner, loader, loss_fn, optimizer, device, desc=f"epoch {epoch}")
+    stats = train_one_epoch(runner, loader, loss_fn, optimizer, device, desc=f"epoch {epoch}", rank=rank)
     stats = parallel.reduce_stats(stats, device, rank)
     parts["compile_s"] = stats["warmup_s"] if compiled else 0.0
     if not math.isfinite(stats["loss"]):

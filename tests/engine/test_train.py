@@ -164,7 +164,20 @@ def test_schedules_step_per_epoch():
 
 
 # -- one pass ----------------------------------------------------------------------------------
-def _tiny_pass(lr: float, caplog=None) -> tuple[dict, torch.nn.Module, torch.Tensor, torch.Tensor]:
+class _SlowStart:
+    """A loader whose first batch takes `seconds` to arrive, as worker processes starting up do."""
+
+    def __init__(self, loader, seconds: float):
+        self.loader, self.dataset, self.seconds = loader, loader.dataset, seconds
+
+    def __iter__(self):
+        time.sleep(self.seconds)
+        yield from self.loader
+
+
+def _tiny_pass(lr: float, *, slow_start_s: float = 0.0, share: int = 20,
+               **options) -> tuple[dict, torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """One pass over 20 images, of which the loader yields the first `share` (a DDP rank's share)."""
     from torch.utils.data import DataLoader, TensorDataset
 
     from faceattr.engine.train import train_one_epoch
@@ -174,9 +187,12 @@ def _tiny_pass(lr: float, caplog=None) -> tuple[dict, torch.nn.Module, torch.Ten
     targets = torch.randint(0, 2, (20, 40), generator=g).float() * 2 - 1
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 40))
-    loader = DataLoader(TensorDataset(images, targets), batch_size=8)
+    loader = DataLoader(TensorDataset(images, targets), batch_size=8, sampler=range(share))
+    if slow_start_s:
+        loader = _SlowStart(loader, slow_start_s)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    stats = train_one_epoch(model, loader, AttributeLoss("mse"), optimizer, torch.device("cpu"), log_every_s=0)
+    stats = train_one_epoch(model, loader, AttributeLoss("mse"), optimizer, torch.device("cpu"), log_every_s=0,
+                            **options)
     return stats, model, images, targets
 
 
@@ -195,6 +211,22 @@ def test_train_one_epoch_reports_loss_and_accuracy_of_what_it_saw(caplog):
     assert stats["loop_images_per_second"] == pytest.approx(12 / stats["loop_s"])
     # Not a terminal: progress goes to the log with the rate, the loss and an ETA.
     assert any("img/s" in r.message and "loss" in r.message and "ETA" in r.message for r in caplog.records)
+
+
+def test_warmup_starts_when_the_first_batch_arrives():
+    stats = _tiny_pass(lr=0.0, slow_start_s=0.5)[0]
+    assert stats["seconds"] >= 0.5 > stats["warmup_s"]  # the loader's start-up is in the pass, not the warm-up
+
+
+def test_under_ddp_only_rank_0_shows_progress_against_the_whole_split(caplog):
+    from faceattr.engine.parallel import Rank
+
+    with caplog.at_level("INFO", logger="faceattr.progress"):
+        _tiny_pass(lr=0.0, share=10, rank=Rank(1, 2))
+    assert not caplog.records
+    with caplog.at_level("INFO", logger="faceattr.progress"):
+        _tiny_pass(lr=0.0, share=10, rank=Rank(0, 2))
+    assert "20/20 img (100%)" in caplog.records[-1].message  # its 10 images, times the 2 ranks
 
 
 def test_train_one_epoch_updates_the_model():
