@@ -36,7 +36,7 @@ from faceattr.fsutil import read_json
 from faceattr.run.layout import RunLayout
 from faceattr.run.metrics import read_best, read_epoch_metrics
 from faceattr.store.schema import Model, ModelEvent, Run
-from faceattr.store.store import Store, default_url
+from faceattr.store.store import Store, default_url, selected_model
 
 CHAMPION_NAMES = ("champion", "latest")  # "latest": the name scoring used before the registry
 ROLLED_BACK = "rolled back by"  # how a rollback's event reason starts: _champion_stack pops on it
@@ -293,10 +293,11 @@ def _run_model(conn: Connection, run_id: str, epoch: int | None) -> dict[str, An
     query = select(Model).where(Model.run_id == run_id)
     if epoch is not None:
         query = query.where(Model.epoch == epoch)
-    rows = conn.execute(query.order_by(Model.state_at.desc(), Model.epoch.desc())).mappings().all()
+    rows = [dict(row) for row in conn.execute(query).mappings()]
     if not rows:
         raise RegistryError(f"run {run_id!r}: no model recorded in the run store; publish it first")
-    model = dict(rows[0])
+    run_dir = conn.execute(select(Run.run_dir).where(Run.id == run_id)).scalar()
+    model = selected_model(run_dir, rows)
     if not Path(model["path"]).is_file():
         raise RegistryError(f"run {run_id!r}: its model {model['path']} is missing on disk")
     return model

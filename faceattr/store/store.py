@@ -277,6 +277,11 @@ class Store:
         }
 
     # -- reads ----------------------------------------------------------------------------------
+    @staticmethod
+    def selected_model(run: dict[str, Any]) -> dict[str, Any] | None:
+        """The run's model (a row of run["models"], by selected_model's rule), or None."""
+        return selected_model(run["run_dir"], run["models"])
+
     def current_model(self) -> dict[str, Any] | None:
         """The champion (the model `champion`/`latest` scoring uses), or None before the first publish."""
         with Session(self.engine) as session:
@@ -293,7 +298,8 @@ class Store:
             for row in session.scalars(select(Model).order_by(Model.epoch)):
                 models[row.run_id].append(_model_dict(row))
             result = [
-                {**_row_dict(run), "epochs": len(epochs[run.id]), **_best(models[run.id], epochs[run.id])}
+                {**_row_dict(run), "epochs": len(epochs[run.id]),
+                 **_best(_row_dict(run), models[run.id], epochs[run.id])}
                 for run in session.scalars(select(Run))
             ]
         never = datetime.min.replace(tzinfo=timezone.utc)
@@ -320,7 +326,7 @@ class Store:
             metrics.sort(key=lambda m: (split_order.get(m["split"], 9), m["epoch"],
                                         order.get(m["attribute"], len(order)), m["attribute"]))
             return {**_row_dict(run), "epochs": epochs, "models": models, "attribute_metrics": metrics,
-                    **_best(models, epochs)}
+                    **_best(_row_dict(run), models, epochs)}
 
     def count(self, table: str) -> int:
         """Rows in one of the store's tables (for checks and tests)."""
@@ -406,16 +412,49 @@ def _metric_dict(metric: AttributeMetric) -> dict[str, Any]:
     return values
 
 
-def _best(models: list[dict[str, Any]], epochs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The selected model, else the best validated epoch so far, by faceattr.engine.selection's rule."""
-    # Imported here: the selection module loads numpy, and DAG files import the store at parse time.
-    from faceattr.engine.selection import best_epoch
+def selected_model(run_dir: str | os.PathLike | None, models: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The run's model among its model rows (one home of the rule: store, registry and UI use it):
+    the row of RUN/best.json's epoch when the folder is readable here; else the newest published
+    row; else the highest epoch (a later selection saw more epochs)."""
+    from faceattr.run.metrics import read_best
 
-    candidates = {r["epoch"]: r for r in (models or [e for e in epochs if e["val_mean_accuracy"] is not None])}
-    if not candidates:
-        return {"best_epoch": None, "val_mean_accuracy": None, "test_mean_accuracy": None}
-    best = candidates[best_epoch({epoch: r["val_mean_accuracy"] for epoch, r in candidates.items()})]
-    test = best.get("test_mean_accuracy")
+    if not models:
+        return None
+    try:
+        best = read_best(run_dir) if run_dir else None
+    except (OSError, ValueError):
+        best = None
+    chosen = next((m for m in models if best is not None and m["epoch"] == best["epoch"]), None)
+    never = datetime.min.replace(tzinfo=timezone.utc)
+    return chosen or max(models, key=lambda m: (m.get("state") is not None, m.get("state_at") or never, m["epoch"]))
+
+
+def _best(run: dict[str, Any], models: list[dict[str, Any]], epochs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The selected model, else the best validated epoch so far, by faceattr.engine.selection's rule."""
+    selected = model = selected_model(run["run_dir"], models)
+    if model is None:
+        validated = {e["epoch"]: e for e in epochs if e["val_mean_accuracy"] is not None}
+        if not validated:
+            return {"best_epoch": None, "val_mean_accuracy": None, "test_mean_accuracy": None, "model": None}
+        model = validated[_best_epoch_so_far(run, validated)]
+    test = model.get("test_mean_accuracy")
     if test is None:
-        test = next((e["test_mean_accuracy"] for e in epochs if e["epoch"] == best["epoch"]), None)
-    return {"best_epoch": best["epoch"], "val_mean_accuracy": best["val_mean_accuracy"], "test_mean_accuracy": test}
+        test = next((e["test_mean_accuracy"] for e in epochs if e["epoch"] == model["epoch"]), None)
+    return {"best_epoch": model["epoch"], "val_mean_accuracy": model["val_mean_accuracy"], "test_mean_accuracy": test,
+            "model": selected}
+
+
+def _best_epoch_so_far(run: dict[str, Any], validated: dict[int, dict[str, Any]]) -> int:
+    """A run in progress: its best validated epoch by the ranking figure its config uses."""
+    # Imported here: the selection module loads numpy, and DAG files import the store at parse time.
+    from faceattr.config import ConfigError, RunConfig
+    from faceattr.engine.selection import best_epoch, ranking_measure, validation_scores
+
+    scores = {epoch: e["val_mean_accuracy"] for epoch, e in validated.items()}
+    try:
+        config = RunConfig.from_dict(run.get("config") or {}, source=f"run {run['id']} config")
+        if ranking_measure(config) != "mean_accuracy":  # only in the run folder's val metrics
+            scores = validation_scores(run["run_dir"], config, sorted(validated)) or scores
+    except (ConfigError, OSError, ValueError):
+        pass  # not readable here: rank by the stored mean accuracy
+    return best_epoch(scores)

@@ -189,7 +189,8 @@ def selection(run: dict[str, Any], config: RunConfig | None, folder: Path | None
         ranked = validation_scores(folder, config, sorted(validated))
     rule = (f"highest validation {measure.replace('_', ' ')}; a tie goes to the earlier epoch"
             + (f"; stop after {config.patience} epoch(s) without a gain" if config and config.patience else ""))
-    chosen = run["models"][0]["epoch"] if run["models"] else None
+    model = run["model"]  # the store's selected_model
+    chosen = model["epoch"] if model else None
     return {
         "measure": measure, "rule": rule, "chosen": chosen is not None,
         "winner": chosen if chosen is not None else (best_epoch(ranked) if ranked else None),
@@ -271,7 +272,7 @@ def run_view(store, run_id: str, tasks: Iterable[dict[str, Any]] = ()) -> dict[s
     current_run = None
     if current and current["run_id"] != run["id"]:
         current_run = store.run(current["run_id"])
-    model = run["models"][0] if run["models"] else None
+    model = run["model"]  # the store's selected_model
     comparable = None
     if current_run is not None and model is not None:
         mine, theirs = model.get("eval_set"), next(

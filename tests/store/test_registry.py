@@ -152,6 +152,22 @@ def test_faceattr_models_publish_records_the_run_finished_like_the_dag(store, st
     assert run["status"] == "success" and run["finished_at"] is not None
 
 
+def test_the_runs_model_is_best_json_epoch_for_store_registry_and_ui(store, tmp_path):
+    """A stale row of an earlier selection (epoch 1, higher val) is never taken for the run's model."""
+    from faceattr.ui import data
+
+    run_dir = _tested_run(tmp_path, "r", 0.8, root=_data_root(tmp_path))
+    store.sync_run_dir("r", run_dir)
+    store.upsert_model("r", 1, run_dir / "model.pt", val_mean_accuracy=0.9, test_mean_accuracy=0.9)
+    run = store.run("r")
+    assert (run["best_epoch"], Store.selected_model(run)["epoch"], run["model"]["epoch"]) == (2, 2, 2)
+    assert [r["best_epoch"] for r in store.runs()] == [2]
+    assert data.selection(run, None, None)["winner"] == 2
+    assert registry.promote(store, "r", actor="t")["champion"]["epoch"] == 2
+    (run_dir / "best.json").unlink()  # folder not readable here: the newest published row
+    assert store.run("r")["best_epoch"] == 2
+
+
 def test_rollback_steps_back_through_the_champions_in_order(store, tmp_path):
     """A, B, C promoted in turn: rollback gives B, the next A (not C again), then there is nothing left."""
     root = _data_root(tmp_path)
