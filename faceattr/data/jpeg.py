@@ -95,24 +95,19 @@ class JpegDecoder:
 
     def __init__(self, device, image_size, mean, std, transform):
         """`image_size` (w, h), `mean` and `std` are the model's input; `transform` is its PIL evaluation transform."""
-        import torch
-
         self.device = device
         self.enabled = True
         width, height = image_size
         self.size = (height, width)
         self.transform = transform
-        # Made once: a tensor built from Python values per batch is a blocking copy that waits for
-        # the model's previous batch.
-        mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255
-        std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255
-        self.scale, self.shift = (1 / std).to(device), (-mean / std).to(device)
+        self.mean, self.std = tuple(mean), tuple(std)
 
     def decode(self, raw: RawJpegs):
         """(indices, normalised N x 3 x H x W on the device, errors) of a batch's undecoded JPEGs."""
         import torch
 
         from faceattr.data.images import ImageError, open_image
+        from faceattr.data.transforms import normalise_batch
 
         files = raw.files()
         indices = raw.indices.tolist()
@@ -139,7 +134,8 @@ class JpegDecoder:
 
         parts = []
         if pixels:
-            parts.append(torch.addcmul(self.shift, torch.stack(pixels), self.scale))
+            # Normalised straight into the model's memory order (channels_last on CUDA), as the cache path is.
+            parts.append(normalise_batch(torch.stack(pixels).permute(0, 2, 3, 1), self.mean, self.std))
         if pil_images:
             batch = torch.stack(pil_images)
             if self.device.type == "cuda":
@@ -148,8 +144,8 @@ class JpegDecoder:
         out_indices = torch.tensor(pixel_indices + pil_indices, dtype=torch.long)
         if not parts:
             return out_indices, torch.empty(0), errors
-        batch = torch.cat(parts)
-        if self.device.type == "cuda":
+        batch = parts[0] if len(parts) == 1 else torch.cat(parts)
+        if self.device.type == "cuda":  # a no-op unless PIL's images joined the batch
             batch = batch.contiguous(memory_format=torch.channels_last)
         return out_indices, batch, errors
 

@@ -81,9 +81,10 @@ def augment_params(n: int, generator: torch.Generator | None = None) -> tuple[to
 def augment_batch(images: torch.Tensor, flip: torch.Tensor, top: torch.Tensor, left: torch.Tensor) -> torch.Tensor:
     """The training augmentation of a uint8 N x 218 x 178 x 3 (NHWC) batch, on its device.
 
-    Equivalent to train_transform per image with the given flips and crop offsets: resize to
-    220x270 (bilinear, antialiased like PIL), flip, crop the 178x218 window at (top, left),
-    normalise. Resizing commutes with a horizontal flip, so one batched resize comes first, then
+    Equivalent to train_transform per image with the given flips and crop offsets, to within one
+    grey level (PIL's rounding; on CUDA, which resizes in floating point, the result is not rounded
+    to uint8 as PIL's is): resize to 220x270 (bilinear, antialiased like PIL), flip, crop the 178x218 window
+    at (top, left), normalise. Resizing commutes with a horizontal flip, so one batched resize comes first, then
     the crops are two gathers of contiguous runs (rows, then a window of each row), then the flip.
     """
     device = images.device
@@ -116,8 +117,8 @@ def augment_batch(images: torch.Tensor, flip: torch.Tensor, top: torch.Tensor, l
     return normalise_batch(cropped)
 
 
-def normalise_batch(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (or float 0..255) N x H x W x 3 -> float32 N x 3 x H x W, as ToTensor + Normalize.
+def normalise_batch(images: torch.Tensor, mean: tuple = MEAN, std: tuple = STD) -> torch.Tensor:
+    """uint8 (or float 0..255) N x H x W x 3 -> float32 N x 3 x H x W, as ToTensor + Normalize(mean, std).
 
     One pass: the uint8 is read, scaled and shifted into the float output. On CUDA the result is
     channels_last (the memory order the model runs in); on the CPU contiguous NCHW, what the CPU
@@ -126,19 +127,15 @@ def normalise_batch(images: torch.Tensor) -> torch.Tensor:
     device = images.device
     n, height, width, _ = images.shape
     layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    scale, shift = _normalisation(device)
+    scale, shift = normalisation(device, tuple(mean), tuple(std))
     out = torch.empty((n, 3, height, width), dtype=torch.float32, device=device, memory_format=layout)
     return torch.addcmul(shift, images.permute(0, 3, 1, 2), scale, out=out)
 
 
 @functools.lru_cache(maxsize=None)
-def _normalisation(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale, shift) with x * scale + shift == (x / 255 - MEAN) / STD, made once per device."""
-    std = torch.tensor(STD).view(1, 3, 1, 1)
-    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+def normalisation(device: torch.device, mean: tuple = MEAN, std: tuple = STD) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) with x * scale + shift == (x / 255 - mean) / std, made once per device: a
+    tensor built from Python values per batch is a blocking copy that waits for the device's queue."""
+    std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     return (1 / (std * 255)).to(device), (-mean / std).to(device)
-
-
-def random_augment_batch(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """augment_batch with random flips and crops drawn from `generator`."""
-    return augment_batch(images, *augment_params(images.shape[0], generator))
