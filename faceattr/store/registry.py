@@ -64,8 +64,9 @@ def evaluation_set(run_dir: str | Path) -> dict[str, Any]:
     return {"split": config.get("split"), "seed": config.get("seed"), "data_sha256": data_sha256}
 
 
-def _set_difference(new: dict | None, old: dict | None) -> str | None:
-    """None when the two evaluation sets are the same and known; else what differs."""
+def set_difference(new: dict | None, old: dict | None) -> str | None:
+    """None when the two evaluation sets are the same and known; else what differs. The one rule of
+    comparability: the publish gate and the UI's "compare with care" note use it."""
     if not new or not old:
         return "the champion's evaluation set was not recorded" if new else "this run's evaluation set is unknown"
     if new.get("data_sha256") is None or old.get("data_sha256") is None:
@@ -123,7 +124,7 @@ def publish(store: Store, run_dir: str | Path, *, run_id: str | None = None, min
 
 
 def _gate(model: dict, eval_set: dict, champion: dict, min_gain: float) -> tuple[str, str]:
-    difference = _set_difference(eval_set, champion["eval_set"])
+    difference = set_difference(eval_set, champion["eval_set"])
     if difference:
         return "challenger", (f"not compared with champion run {champion['run_id']}: evaluation sets differ "
                               f"({difference}); publish with promote: force to promote it anyway")

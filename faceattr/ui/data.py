@@ -273,11 +273,12 @@ def run_view(store, run_id: str, tasks: Iterable[dict[str, Any]] = ()) -> dict[s
     if current and current["run_id"] != run["id"]:
         current_run = store.run(current["run_id"])
     model = run["model"]  # the store's selected_model
-    comparable = None
+    difference = None
     if current_run is not None and model is not None:
-        mine, theirs = model.get("eval_set"), next(
-            (m.get("eval_set") for m in current_run["models"] if m["epoch"] == current["epoch"]), None)
-        comparable = None if not (mine and theirs) else mine == theirs
+        from faceattr.store.registry import set_difference
+
+        difference = set_difference(model.get("eval_set"), next(
+            (m.get("eval_set") for m in current_run["models"] if m["epoch"] == current["epoch"]), None))
     downloads = {}
     for name in DOWNLOADS:
         try:
@@ -291,7 +292,7 @@ def run_view(store, run_id: str, tasks: Iterable[dict[str, Any]] = ()) -> dict[s
         "selection": selection(run, config, folder),
         "attributes": attribute_table(run, current_run, current["epoch"] if current_run else None),
         "current": {"run_id": current["run_id"], "epoch": current["epoch"], "is_this_run": current_run is None,
-                    "test_mean_accuracy": current.get("test_mean_accuracy"), "comparable": comparable} if current else None,
+                    "test_mean_accuracy": current.get("test_mean_accuracy"), "comparable": difference is None, "difference": difference} if current else None,
         "subgroups": subgroups(folder, run["best_epoch"] if model else None),
         "scoring_jobs": scoring_jobs(store, run["id"]),
         "downloads": downloads,

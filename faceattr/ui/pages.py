@@ -198,8 +198,9 @@ def attribute_part(view: dict[str, Any]) -> str:
     elif current:
         against = f'<p class=muted>Current model: <a href="{run_url(current["run_id"])}">{esc(current["run_id"])}</a>, ' \
                   f'epoch {current["epoch"]}.</p>'
-        if current["comparable"] is False:
-            against += '<p class="note">The current model was tested on a different test set; compare with care.</p>'
+        if current["difference"]:
+            against += f'<p class="note">Not comparable with the current model\'s test figures: ' \
+                       f'{esc(current["difference"])}.</p>'
     lines = []
     for r in rows:
         gain = r["accuracy"] - r["majority_baseline"]

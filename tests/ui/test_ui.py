@@ -230,3 +230,19 @@ def test_the_report_tab_shows_only_its_own_dag_runs_folder(client):
     """manual__ui. sanitises to the folder of DAG run manual__ui: its tab must not show that run."""
     page = client.get("/report/faceattr_train/manual__ui.").text
     assert "has no run folder yet" in page and "0.8600" not in page
+
+
+def test_comparability_with_the_current_model_is_the_registrys_rule(made_run):
+    """Two runs whose label file was unreadable: equal evaluation sets, yet the registry would not compare them."""
+    import shutil
+
+    from faceattr.store import registry
+
+    store = made_run["store"]
+    other = made_run["run_dir"].parent / "manual__other"
+    shutil.copytree(made_run["run_dir"], other)
+    store.sync_run_dir("manual__other", other, status="success", dag_run_id="manual__other")
+    registry.publish(store, other, actor="test")
+    view = data.run_view(store, "manual__other")
+    assert view["current"]["comparable"] is False and "checksum is unknown" in view["current"]["difference"]
+    assert "Not comparable with the current model" in pages.run_page(view)
