@@ -199,6 +199,7 @@ def split(params: Mapping[str, Any], dag_run_id: str) -> dict:
     """Start the run folder: save config.json (or check it matches) and write split.csv."""
     from faceattr.data.split import make_split
 
+    refuse_another_dag_runs_folder(run_context(params, dag_run_id))
     # A retry on another worker pulls first, so it checks the saved config.json.
     with run_folder(params, dag_run_id, record=True, status="running", dag_run_id=dag_run_id,
                     started_at=now()) as run:
@@ -206,6 +207,20 @@ def split(params: Mapping[str, Any], dag_run_id: str) -> dict:
         result = make_split(Path(run.config.root), run.config.split, run.config.seed, run.dir)
     log.info("split: %s -> %s", {k: result[k] for k in ("train", "val", "test")}, result["path"])
     return {"run_dir": str(run.dir), **summary(result, "train", "val", "test", "strategy", "path")}
+
+
+def refuse_another_dag_runs_folder(run: Run) -> None:
+    """Two DAG run ids can give one folder name (a:b and a-b): never reuse the other run's folder."""
+    from faceattr.store.store import RunNotFoundError
+
+    with store() as opened:
+        try:
+            owner = opened.run(run.id)["dag_run_id"]
+        except RunNotFoundError:
+            return
+    if owner is not None and owner != run.dag_run_id:
+        raise Refused(f"run folder {run.dir} belongs to DAG run {owner!r} (both ids give the folder name "
+                      f"{run.id!r}); trigger this run with another run id")
 
 
 def cache_images(params: Mapping[str, Any], dag_run_id: str) -> dict:

@@ -335,6 +335,21 @@ def test_a_failed_run_is_recorded_in_the_store(tmp_path, monkeypatch):
     assert run["status"] == "failed" and run["finished_at"] is not None
 
 
+def test_split_refuses_the_folder_of_another_dag_run(data_root, tmp_path, monkeypatch):
+    """manual__a:b and manual__a-b give one folder name: the second run must not take the first one's."""
+    from faceattr.store.store import Store
+
+    monkeypatch.setenv("FACEATTR_DB_URL", f"sqlite:///{tmp_path / 'store.db'}")
+    params = _params(root=str(data_root), output=str(data_root / "runs"))
+    run = orchestrate.run_context(params, "manual__a:b")
+    with Store.from_env() as store:
+        store.upsert_run(run.id, run_dir=run.dir, config=RunConfig().to_dict(), status="running",
+                         dag_run_id="manual__a:b")
+    with pytest.raises(orchestrate.Refused, match="belongs to DAG run 'manual__a:b'"):
+        orchestrate.split(params, "manual__a-b")
+    orchestrate.refuse_another_dag_runs_folder(run)  # its own folder: a retry of split goes on
+
+
 def test_a_skipped_epoch_says_why_in_its_first_log_line(data_root, caplog):
     caplog.set_level("INFO", logger="faceattr.orchestration.tasks")
     params = _params(root=str(data_root), output=str(data_root / "runs"), epochs=2)
