@@ -76,9 +76,13 @@ def ids_digest(image_ids: Sequence[str]) -> str:
     return digest.hexdigest()
 
 
-def _expected_index(split: str, image_ids: Sequence[str], root: str | Path) -> dict[str, Any]:
+def _shape(images: int) -> list[int]:
     width, height = IMAGE_SIZE
-    shape = [len(image_ids), height, width, 3]
+    return [images, height, width, 3]
+
+
+def _expected_index(split: str, image_ids: Sequence[str], root: str | Path) -> dict[str, Any]:
+    shape = _shape(len(image_ids))
     return {
         "version": FORMAT_VERSION,
         "split": split,
@@ -119,9 +123,13 @@ def open_cache(run_dir: str | Path, split: str, image_ids: Sequence[str], root: 
     problem = cache_problem(run_dir, split, image_ids, root)
     if problem is not None:
         raise CacheError(f"{problem}; run 'faceattr cache --run {run_dir}'")
-    npy, _ = cache_paths(run_dir, split)
+    return _map(cache_paths(run_dir, split)[0], len(image_ids))
+
+
+def _map(npy: Path, images: int) -> np.ndarray:
+    """The memory map of a cache whose index was just checked (cache_problem is None)."""
     array = np.load(npy, mmap_mode="r")
-    expected = tuple(_expected_index(split, image_ids, root)["shape"])
+    expected = tuple(_shape(images))
     if array.shape != expected or array.dtype != np.uint8:
         raise CacheError(f"{npy}: holds {array.dtype} {array.shape}, expected uint8 {expected}")
     return array
@@ -259,9 +267,10 @@ def build_cache(run_dir: str | Path, splits: Sequence[str] = SPLITS, *, num_work
 
 def ensure_split_cache(run_dir: str | Path, split: str, image_ids: Sequence[str], root: str | Path,
                        num_workers: int = 0) -> np.ndarray:
-    """The split's cache as a memory map, building it first when it is missing or stale."""
+    """The split's cache as a memory map, building it first when it is missing or stale (its index
+    is checked once, by build_split_cache)."""
     build_split_cache(run_dir, split, image_ids, root, num_workers=num_workers)
-    return open_cache(run_dir, split, image_ids, root)
+    return _map(cache_paths(run_dir, split)[0], len(image_ids))
 
 
 def upload(array: np.ndarray, device: "torch.device", chunk_images: int = 1024, threads: int | None = None) -> "torch.Tensor":
@@ -270,8 +279,7 @@ def upload(array: np.ndarray, device: "torch.device", chunk_images: int = 1024, 
     On CUDA each chunk is read from the memory map straight into one of two pinned buffers by
     `threads` threads (numpy copies without the GIL, so reads of the page cache or the disk run in
     parallel) and sent to the GPU on a side stream while the next chunk is read: one host copy per
-    byte and the transfer hidden behind it. CelebA's train split is 18.9 GB, uploaded by every
-    epoch task.
+    byte and the transfer hidden behind it: every epoch task uploads its whole train split.
     """
     import torch
 

@@ -104,9 +104,10 @@ def make_loader(
     rows = frame[frame["split"] == split]
     if rows.empty:
         raise ValueError(f"{Path(run_dir) / 'split.csv'}: the {split!r} split has no images")
-    if resolve_data_path(config, run_dir, split, rows.index.tolist(), device) == "cache":
+    data_path, array = _choose_data_path(config, run_dir, split, rows.index.tolist(), device)
+    if data_path == "cache":
         return make_cached_loader(run_dir, config, split, rows, train=train, device=device,
-                                  batch_size=batch_size, epoch=epoch)
+                                  batch_size=batch_size, epoch=epoch, array=array)
     dataset = CelebAImages(
         images_dir(config.root),
         rows.index.tolist(),
@@ -300,25 +301,37 @@ class CachedLoader:
 def resolve_data_path(config: RunConfig, run_dir: str | Path, split: str, image_ids: Sequence[str],
                       device: torch.device) -> str:
     """"pil" or "cache" for config.data_path on `device` (see the rules above make_loader's fast path)."""
-    from faceattr.data.cache import cache_problem
+    return _choose_data_path(config, run_dir, split, image_ids, device)[0]
+
+
+def _choose_data_path(config: RunConfig, run_dir: str | Path, split: str, image_ids: Sequence[str],
+                      device: torch.device) -> tuple[str, np.ndarray | None]:
+    """resolve_data_path's choice, and the cache's memory map when choosing meant checking and opening it."""
+    from faceattr.data.cache import CacheError, open_cache
 
     if config.data_path in ("pil", "cache"):
-        return config.data_path
+        return config.data_path, None
     if config.data_path != "auto":
         raise ConfigError(f"data_path: {config.data_path!r} is not one of auto, pil, cache")
-    if device.type == "cuda" or cache_problem(run_dir, split, image_ids, config.root) is None:
-        return "cache"
-    return "pil"
+    if device.type == "cuda":
+        return "cache", None
+    try:
+        return "cache", open_cache(run_dir, split, image_ids, config.root)
+    except CacheError:
+        return "pil", None
 
 
 def make_cached_loader(run_dir: str | Path, config: RunConfig, split: str, rows, *, train: bool,
-                       device: torch.device, batch_size: int | None = None, epoch: int = 0) -> CachedLoader:
-    """The fast-path loader of one split; `rows` are load_split_frame's rows of that split."""
+                       device: torch.device, batch_size: int | None = None, epoch: int = 0,
+                       array: np.ndarray | None = None) -> CachedLoader:
+    """The fast-path loader of one split; `rows` are load_split_frame's rows of that split; `array`
+    the split's cache if the caller has just opened it (else it is checked, built if need be, here)."""
     from faceattr.data.cache import ensure_split_cache
 
     image_ids = rows.index.tolist()
-    array = ensure_split_cache(run_dir, split, image_ids, config.root,
-                               num_workers=resolve_num_workers(config.num_workers))
+    if array is None:
+        array = ensure_split_cache(run_dir, split, image_ids, config.root,
+                                   num_workers=resolve_num_workers(config.num_workers))
     dataset = CachedImages(array, image_ids, rows[list(ATTRIBUTES)].to_numpy(dtype=np.int8))
     return CachedLoader(dataset, batch_size=batch_size or config.batch_size, train=train, device=device,
                         seed=derive_seed(config.seed, epoch))

@@ -139,6 +139,21 @@ def test_data_path_auto_uses_the_cache_only_when_it_is_built(run, tmp_path, synt
     assert isinstance(loader, CachedLoader) and (fresh / "cache" / "val.json").is_file()
 
 
+def test_a_loader_checks_the_cache_index_once(run, monkeypatch):
+    """Checking the index hashes every image id: once per loader, not once per layer that opens it."""
+    import faceattr.data.cache as cache
+
+    run_dir, config = run
+    checks = []
+    real = cache.cache_problem
+    monkeypatch.setattr(cache, "cache_problem", lambda *args: checks.append(args[1]) or real(*args))
+    for data_path in ("auto", "cache"):
+        checks.clear()
+        assert isinstance(make_loader(run_dir, config.replace(data_path=data_path), "val", train=False, device=CPU),
+                          CachedLoader)
+        assert checks == ["val"], data_path
+
+
 def test_eval_batches_equal_the_pil_loader(run):
     run_dir, config = run
     fast = make_loader(run_dir, config, "val", train=False, device=CPU)
