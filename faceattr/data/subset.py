@@ -1,7 +1,7 @@
 """A random subset of a CelebA folder, in the official layout, for training where the whole set is too slow.
 
-`make run` on a CPU with real CelebA uses it: 162,770 training images at the ~10 img/s two cores
-manage would take hours per epoch. `python -m faceattr.data.subset SOURCE OUT N` writes OUT with
+`make run` on a CPU with real CelebA uses it: a CPU trains too slowly for whole epochs of the
+full set. `python -m faceattr.data.subset SOURCE OUT N` writes OUT with
 N images drawn at random (seeded) and the three label files cut down to them, which
 faceattr.data.download.acquire then reads as any local source.
 """
@@ -15,12 +15,15 @@ from pathlib import Path
 
 from faceattr.attributes import ATTRIBUTES
 from faceattr.data.layout import ATTR_FILE, IDENTITY_FILE, IMAGES_DIR, IMAGES_ZIP, PARTITION_FILE
-from faceattr.fsutil import write_text
+from faceattr.fsutil import read_json, write_json, write_text
+
+MARKER = "subset.json"  # what OUT was drawn from; written last, so it also marks a finished subset
 
 
 def subsample(source: str | Path, out: str | Path, n: int, seed: int = 0) -> dict:
     """Write `n` of `source`'s images (a folder with img_align_celeba.zip or img_align_celeba/ and the
-    list files) to `out` in the same layout, images extracted. Keeps an `out` already made for the same n."""
+    list files) to `out` in the same layout, images extracted. Keeps an `out` already drawn from the
+    same source with the same n and seed."""
     import numpy as np
 
     from faceattr.data.labels import read_attributes, read_identity, read_partition
@@ -28,7 +31,8 @@ def subsample(source: str | Path, out: str | Path, n: int, seed: int = 0) -> dic
     source, out = Path(source), Path(out)
     if n < 1:
         raise ValueError(f"n: {n} must be at least 1")
-    if (out / ATTR_FILE).is_file() and _count_line(out / ATTR_FILE) == str(n):
+    drawn = {"source": str(source.resolve()), "images": n, "seed": seed}
+    if (out / MARKER).is_file() and read_json(out / MARKER) == drawn:
         return {"out": str(out), "images": n, "status": "up-to-date"}
     attributes = read_attributes(source / ATTR_FILE)
     archive = zipfile.ZipFile(source / IMAGES_ZIP) if (source / IMAGES_ZIP).is_file() else None
@@ -43,7 +47,7 @@ def subsample(source: str | Path, out: str | Path, n: int, seed: int = 0) -> dic
         raise ValueError(f"n: {n} is more than the {len(present)} labelled images of {source}")
     chosen = sorted(np.random.default_rng(seed).choice(present, size=n, replace=False).tolist())
 
-    # The images first, the attribute file last: its count line is what marks a finished subset.
+    # The images and label files first, the marker last.
     shutil.rmtree(out, ignore_errors=True)
     (out / IMAGES_DIR).mkdir(parents=True)
     for image_id in chosen:
@@ -60,12 +64,8 @@ def subsample(source: str | Path, out: str | Path, n: int, seed: int = 0) -> dic
     lines = [str(n), "".join(f"{name} " for name in ATTRIBUTES)]
     lines += [image_id + "".join(f" {v:2d}" for v in row) for image_id, row in zip(chosen, rows)]
     write_text(out / ATTR_FILE, "".join(line + "\r\n" for line in lines))
+    write_json(out / MARKER, drawn)
     return {"out": str(out), "images": n, "of": len(present), "status": "written"}
-
-
-def _count_line(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return handle.readline().decode("ascii", "replace").strip()
 
 
 if __name__ == "__main__":
