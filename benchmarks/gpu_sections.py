@@ -38,7 +38,7 @@ class Sizes:
             self.arch, self.batch, self.score_batch = "resnet18", 8, 8
             self.pipeline_images, self.steady_images, self.steady_passes = 40, 16, 1
             self.score_sizes, self.sync_images = (8, 24), 16
-        else:  # issue 17's setting: ResNeXt50_32x4d, first 6 children frozen, the GPU preset's batches
+        else:  # the GPU preset's setting: ResNeXt50_32x4d, first 6 children frozen, its batches
             self.arch, self.batch, self.score_batch = "resnext50_32x4d", PRESETS["gpu"]["batch_size"], SCORE_BATCH_SIZES["gpu"]
             self.pipeline_images, self.steady_images, self.steady_passes = 1500, 16 * self.batch, 3
             self.score_sizes, self.sync_images = (2048, 16384), 4 * self.batch

@@ -39,7 +39,8 @@ EXECUTION_FIELDS = frozenset({"device", "num_workers", "epochs", "patience", "co
 
 # Named presets: RunConfig fields applied over a conf (RunConfig(**{**PRESETS[name], **conf})). The
 # defaults stay the write-up's recipe; "gpu" is the batch the fast path is measured at on one GPU
-# (issue 17), with the decode-once cache. SCORE_BATCH_SIZES: predict's batch for the same preset.
+# (benchmarks/gpu_check.py), with the decode-once cache. SCORE_BATCH_SIZES: predict's batch for the
+# same preset.
 PRESETS = {"gpu": {"batch_size": 256, "data_path": "cache", "device": "cuda"}}
 SCORE_BATCH_SIZES = {"gpu": 512}
 
