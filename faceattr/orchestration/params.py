@@ -54,7 +54,7 @@ DESCRIPTIONS = {
     "output": "Folder of run folders; this run writes <output>/<run id>/.",
     "private_images": "A folder or .zip of unlabelled images to predict with the chosen model (empty: skip).",
     "promote": "auto: the model becomes champion (what scoring uses) only if its test mean accuracy beats the "
-               "champion's on the same evaluation set (split, seed, data); force: it becomes champion anyway.",
+               "champion's on the same evaluation set (split, seed, data, test images); force: it becomes champion anyway.",
     "promote_min_gain": "With promote auto: the least gain in test mean accuracy over the champion (0: any gain).",
 }
 

@@ -11,7 +11,8 @@ The publish gate (`publish`, what the DAG's publish_model and `faceattr models p
     - the first published model becomes champion;
     - `force` promotes whatever the comparison says (the DAG param `promote: force`);
     - otherwise the test mean accuracies are compared only when both models were tested on the
-      same evaluation set: same split strategy, seed and sha256 of the source label file. Then
+      same evaluation set (evaluation_set, set_difference): split strategy, seed (unless the split
+      is official), sha256 of the source label file and of the sorted test image ids. Then
       the run is promoted when its gain over the champion is above 0 and at least `min_gain`
       (param `promote_min_gain`). A run whose set differs, or is unknown, stays a challenger and
       its reason says why: it is never compared silently.
@@ -32,7 +33,7 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from faceattr.data.layout import ATTR_FILE, celeba_dir
-from faceattr.fsutil import read_json
+from faceattr.fsutil import read_json, sha256_of
 from faceattr.run.layout import RunLayout
 from faceattr.run.metrics import read_best, read_epoch_metrics
 from faceattr.store.schema import Model, ModelEvent, Run
@@ -49,30 +50,45 @@ class RegistryError(ValueError):
 
 # -- the evaluation set --------------------------------------------------------------------------
 def evaluation_set(run_dir: str | Path) -> dict[str, Any]:
-    """What a run's test accuracy was measured on: split strategy, seed and the sha256 of the
-    dataset's label file (None when the file cannot be read here: then nothing is comparable)."""
+    """What a run's test accuracy was measured on: split strategy, seed, the sha256 of the
+    dataset's label file and of the sorted test image ids in RUN/split.csv (fixed for a run). A
+    part that cannot be read here is None: then nothing is comparable."""
     config = read_json(RunLayout(run_dir).config)
-    labels = celeba_dir(config.get("root") or ".") / ATTR_FILE
     try:
-        digest = hashlib.sha256()
-        with open(labels, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        data_sha256 = digest.hexdigest()
+        data_sha256 = sha256_of(celeba_dir(config.get("root") or ".") / ATTR_FILE)
     except OSError:
         data_sha256 = None
-    return {"split": config.get("split"), "seed": config.get("seed"), "data_sha256": data_sha256}
+    return {"split": config.get("split"), "seed": config.get("seed"), "data_sha256": data_sha256,
+            "test_ids_sha256": _test_ids_sha256(Path(run_dir))}
+
+
+def _test_ids_sha256(run_dir: Path) -> str | None:
+    from faceattr.data.split import read_split  # pandas: only when publishing, not at DAG parse time
+
+    try:
+        split = read_split(run_dir)
+    except (OSError, ValueError):
+        return None
+    return hashlib.sha256("\n".join(sorted(split.index[split == "test"])).encode()).hexdigest()
+
+
+EVAL_SET_FIELDS = {"split": "split strategy", "seed": "seed", "data_sha256": "source data sha256",
+                   "test_ids_sha256": "test images sha256"}
 
 
 def set_difference(new: dict | None, old: dict | None) -> str | None:
     """None when the two evaluation sets are the same and known; else what differs. The one rule of
-    comparability: the publish gate and the UI's "compare with care" note use it."""
+    comparability: the publish gate and the UI's "compare with care" note use it. The seed counts
+    only for split strategies that use it (not `official`)."""
     if not new or not old:
         return "the champion's evaluation set was not recorded" if new else "this run's evaluation set is unknown"
+    names = EVAL_SET_FIELDS
     if new.get("data_sha256") is None or old.get("data_sha256") is None:
         return "the source data checksum is unknown (label file not readable when published)"
-    names = {"split": "split strategy", "seed": "seed", "data_sha256": "source data sha256"}
-    differ = [f"{names[key]} {new.get(key)!r} vs {old.get(key)!r}" for key in names if new.get(key) != old.get(key)]
+    if new.get("test_ids_sha256") is None or old.get("test_ids_sha256") is None:
+        return "the test images are unknown (RUN/split.csv not readable when published)"
+    keys = [key for key in names if key != "seed" or new.get("split") != "official"]
+    differ = [f"{names[key]} {new.get(key)!r} vs {old.get(key)!r}" for key in keys if new.get(key) != old.get(key)]
     return "; ".join(differ) or None
 
 
@@ -105,6 +121,8 @@ def publish(store: Store, run_dir: str | Path, *, run_id: str | None = None, min
         conn.execute(update(Model).where(*_key(model)).values(eval_set=eval_set))
         model["eval_set"] = eval_set
         champion = _champion(conn)
+        if champion is not None:
+            _complete_eval_set(conn, champion)
         if champion is not None and _same(champion, model):
             # A retry of the publish that promoted it reports the promotion again (its event must fire).
             event = _last_event(conn, model, "champion")
@@ -149,6 +167,7 @@ def promote(store: Store, run_id: str, *, actor: str, epoch: int | None = None) 
     with store.write() as conn:
         _lock(conn)
         model = _run_model(conn, run_id, epoch)
+        _complete_eval_set(conn, model)
         champion = _champion(conn)
         if champion is not None and _same(champion, model):
             return {"changed": False, "message": f"run {run_id} epoch {model['epoch']} is already the champion",
@@ -302,6 +321,22 @@ def _run_model(conn: Connection, run_id: str, epoch: int | None) -> dict[str, An
     if not Path(model["path"]).is_file():
         raise RegistryError(f"run {run_id!r}: its model {model['path']} is missing on disk")
     return model
+
+
+def _complete_eval_set(conn: Connection, model: dict) -> None:
+    """Fill in the parts of a model's evaluation set that were never recorded (a migrated or
+    hand-promoted champion, or one published before a part existed) from its run folder when it is
+    readable here: else such a champion could never be compared, so never beaten."""
+    recorded = model.get("eval_set") or {}
+    if all(key in recorded for key in EVAL_SET_FIELDS):
+        return
+    run_dir = conn.execute(select(Run.run_dir).where(Run.id == model["run_id"])).scalar()
+    try:
+        found = evaluation_set(run_dir)
+    except (OSError, ValueError):
+        return
+    model["eval_set"] = {**found, **recorded}  # what was recorded when it was tested wins
+    conn.execute(update(Model).where(*_key(model)).values(eval_set=model["eval_set"]))
 
 
 def _last_event(conn: Connection, model: dict, state: str):

@@ -27,10 +27,13 @@ def _data_root(tmp_path: Path, name: str = "data", labels: str = "2\nlabels\n") 
     return root
 
 
-def _tested_run(runs: Path, name: str, test: float, *, root: Path, seed: int = 0, split: str = "random") -> Path:
-    """A run folder as select + test leave it: config, best.json, the test metrics, model.pt."""
+def _tested_run(runs: Path, name: str, test: float, *, root: Path, seed: int = 0, split: str = "random",
+                test_ids: tuple[str, ...] = ("3.jpg", "4.jpg")) -> Path:
+    """A run folder as select + test leave it: config, split.csv, best.json, the test metrics, model.pt."""
     run_dir = runs / name
     RunConfig(root=str(root), seed=seed, split=split, epochs=2).save(run_dir)
+    rows = [f"{i}.jpg,train" for i in (1, 2)] + [f"{image_id},test" for image_id in test_ids]
+    RunLayout(run_dir).split.write_text("\n".join(["image_id,split", *rows]) + "\n")
     attributes = {n: {"accuracy": test, "balanced_accuracy": test, "f1": test} for n in ATTRIBUTES}
     for epoch in (1, 2):
         metrics.write_epoch_metrics(run_dir, "val", epoch, {"mean_accuracy": 0.8, "attributes": attributes})
@@ -86,7 +89,8 @@ def test_min_gain_ties_and_retries(store, tmp_path):
 
 
 @pytest.mark.parametrize("change, words", [({"seed": 1}, "seed 1 vs 0"), ({"split": "identity"}, "split strategy"),
-                                           ({"data": "3\nother labels\n"}, "source data sha256")])
+                                           ({"data": "3\nother labels\n"}, "source data sha256"),
+                                           ({"test_ids": ("3.jpg", "5.jpg")}, "test images sha256")])
 def test_other_evaluation_sets_are_not_compared_unless_forced(store, tmp_path, change, words):
     registry.publish(store, _tested_run(tmp_path, "champ", 0.80, root=_data_root(tmp_path)), actor="t")
     root = _data_root(tmp_path, "other", change["data"]) if "data" in change else _data_root(tmp_path)
@@ -96,6 +100,28 @@ def test_other_evaluation_sets_are_not_compared_unless_forced(store, tmp_path, c
     assert held["state"] == "challenger" and "not compared" in held["reason"] and words in held["reason"]
     forced = registry.publish(store, run_dir, force=True, actor="t")
     assert (forced["state"], forced["promoted"]) == ("champion", True) and "forced" in forced["reason"]
+
+
+def test_the_seed_does_not_matter_for_the_official_split(store, tmp_path):
+    root = _data_root(tmp_path)
+    registry.publish(store, _tested_run(tmp_path, "champ", 0.80, root=root, split="official"), actor="t")
+    better = registry.publish(store, _tested_run(tmp_path, "seed1", 0.85, root=root, split="official", seed=1),
+                              actor="t")
+    assert better["promoted"], better["reason"]
+
+
+def test_a_champion_without_an_evaluation_set_gets_one_and_can_be_beaten(store, tmp_path):
+    """A migrated or hand-promoted champion has eval_set NULL: publish fills it from its run folder."""
+    from sqlalchemy import text
+
+    root = _data_root(tmp_path)
+    registry.publish(store, _tested_run(tmp_path, "champ", 0.80, root=root), actor="t")
+    with store.engine.begin() as conn:
+        conn.execute(text("UPDATE models SET eval_set = NULL"))
+    better = registry.publish(store, _tested_run(tmp_path, "better", 0.85, root=root), actor="t")
+    assert better["promoted"], better["reason"]
+    assert {m["run_id"]: m["eval_set"]["test_ids_sha256"] is not None for m in registry.candidates(store)} == \
+        {"champ": True, "better": True}
 
 
 def test_unreadable_source_data_is_never_compared(store, tmp_path):
