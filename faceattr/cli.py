@@ -251,9 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--min-gain", type=float, default=0.0,
                          help="test mean accuracy it must gain over the champion (default 0: any gain)")
     publish.add_argument("--force", action="store_true", help="promote whatever the comparison says")
-    promote = models_sub.add_parser("promote", help="make RUN's model the champion by hand")
+    promote = models_sub.add_parser("promote", help="make RUN's model the champion by hand (does not re-score "
+                                    "the standing set: trigger faceattr_score after)")
     promote.add_argument("run_id", metavar="RUN", help="a run id in the run store")
-    models_sub.add_parser("rollback", help="give the championship back to the model the champion replaced")
+    models_sub.add_parser("rollback", help="give the championship back to the champion before this one, one "
+                          "promotion at a time (does not re-score the standing set)")
 
     p = command("bench", cmd_bench, "measure the write-up recipe against faceattr's fast path")
     p.add_argument("--size", choices=("auto", "small", "full"), default="auto")
