@@ -170,9 +170,12 @@ def download(params: Mapping[str, Any], conf: Mapping[str, Any] | None = None) -
 
     Only fetching is worth retrying: bad settings fail at once (Refused).
     """
+    from faceattr.store.registry import check_min_gain
+
     with refuse_bad_settings():
         check_conf(conf, set(train_params()))
         config = config_from_params(params)
+        check_min_gain(params.get("promote_min_gain") or 0.0)  # publish's own check, before training
         check_path(params["output"], "output")
         source = params.get("source")
         if source and "://" not in source and source != "gdrive":
@@ -365,7 +368,7 @@ def publish(params: Mapping[str, Any], dag_run_id: str) -> dict:
 
     with run_folder(params, dag_run_id) as run, store() as opened:
         result = registry.publish(
-            opened, run.dir, run_id=run.id, min_gain=float(params.get("promote_min_gain") or 0.0),
+            opened, run.dir, run_id=run.id, min_gain=params.get("promote_min_gain") or 0.0,
             force=params.get("promote") == "force", actor=f"faceattr_train {dag_run_id}",
         )
     log.info("published %s (epoch %d, val %.4f, test %.4f): %s, %s", result["model"], result["epoch"],

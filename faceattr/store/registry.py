@@ -32,6 +32,7 @@ from sqlalchemy import create_engine, insert, select, update
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from faceattr.config import ConfigError
 from faceattr.data.layout import ATTR_FILE, celeba_dir
 from faceattr.fsutil import read_json, sha256_of
 from faceattr.run.layout import RunLayout
@@ -104,9 +105,7 @@ def publish(store: Store, run_dir: str | Path, *, run_id: str | None = None, min
     """
     layout = RunLayout(run_dir)
     run_id = run_id or layout.root.name
-    if isinstance(min_gain, bool) or not isinstance(min_gain, (int, float)) or not math.isfinite(min_gain) \
-            or not 0 <= min_gain <= 1:
-        raise ValueError(f"promote_min_gain: expected a number in [0, 1], got {min_gain!r}")
+    check_min_gain(min_gain)
     best = read_best(layout.root, missing_ok=False)
     if read_epoch_metrics(layout.root, "test", best["epoch"], missing_ok=True) is None:
         raise FileNotFoundError(
@@ -139,6 +138,14 @@ def publish(store: Store, run_dir: str | Path, *, run_id: str | None = None, min
         else:
             _set_state(conn, model, state, reason, actor, champion)
     return _result(model, state, reason, state == "champion", champion)
+
+
+def check_min_gain(min_gain: Any) -> float:
+    """promote_min_gain / --min-gain: a finite number in [0, 1]. The DAG checks it before training too."""
+    if isinstance(min_gain, bool) or not isinstance(min_gain, (int, float)) or not math.isfinite(min_gain) \
+            or not 0 <= min_gain <= 1:
+        raise ConfigError(f"promote_min_gain: expected a number in [0, 1], got {min_gain!r}")
+    return float(min_gain)
 
 
 def _gate(model: dict, eval_set: dict, champion: dict, min_gain: float) -> tuple[str, str]:

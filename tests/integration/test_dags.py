@@ -315,6 +315,8 @@ def test_bad_settings_fail_the_first_task_without_retries(data_root):
         orchestrate.download(_params(root=str(data_root), output="/var/tmp/runs"))
     with pytest.raises(orchestrate.Refused, match="no dataset here"):
         orchestrate.download(_params(root=str(data_root), output=str(data_root / "runs"), source=None))
+    with pytest.raises(orchestrate.Refused, match="promote_min_gain"):  # the schema lets NaN through
+        orchestrate.download(_params(root=str(data_root), output=str(data_root / "runs"), promote_min_gain=float("nan")))
     with pytest.raises(orchestrate.Refused, match="unknown key"):
         orchestrate.download(_params(root=str(data_root), output=str(data_root / "runs")), {"epoch": 3})
     assert not (data_root / "runs").exists()
