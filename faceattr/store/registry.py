@@ -37,7 +37,7 @@ from faceattr.data.layout import ATTR_FILE, celeba_dir
 from faceattr.fsutil import read_json, sha256_of
 from faceattr.run.layout import RunLayout
 from faceattr.run.metrics import read_best, read_epoch_metrics
-from faceattr.store.schema import Model, ModelEvent, Run
+from faceattr.store.schema import MODEL_STATES, Model, ModelEvent, Run
 from faceattr.store.store import Store, default_url, selected_model
 
 CHAMPION_NAMES = ("champion", "latest")  # "latest": the name scoring used before the registry
@@ -112,13 +112,14 @@ def publish(store: Store, run_dir: str | Path, *, run_id: str | None = None, min
             f"{layout.metrics('test', best['epoch'])}: the selected epoch has no test metrics; run "
             f"'faceattr evaluate --run {layout.root} --epoch best --split test' before publishing")
     eval_set = evaluation_set(layout.root)
+    sha256 = sha256_of(layout.model)  # resolve refuses the file if it changes after this
     store.sync_run_dir(run_id, layout.root, status="success", finished_at=datetime.now(timezone.utc))
 
     with store.write() as conn:
         _lock(conn)
         model = _model(conn, run_id, best["epoch"])
-        conn.execute(update(Model).where(*_key(model)).values(eval_set=eval_set))
-        model["eval_set"] = eval_set
+        conn.execute(update(Model).where(*_key(model)).values(eval_set=eval_set, sha256=sha256))
+        model.update(eval_set=eval_set, sha256=sha256)
         champion = _champion(conn)
         if champion is not None:
             _complete_eval_set(conn, champion)
@@ -175,6 +176,9 @@ def promote(store: Store, run_id: str, *, actor: str, epoch: int | None = None) 
         _lock(conn)
         model = _run_model(conn, run_id, epoch)
         _complete_eval_set(conn, model)
+        if model["sha256"] is None:  # never published: the file as it is promoted
+            model["sha256"] = sha256_of(model["path"])
+            conn.execute(update(Model).where(*_key(model)).values(sha256=model["sha256"]))
         champion = _champion(conn)
         if champion is not None and _same(champion, model):
             return {"changed": False, "message": f"run {run_id} epoch {model['epoch']} is already the champion",
@@ -252,6 +256,10 @@ def resolve(store: Store, name: str) -> dict[str, Any]:
     path = Path(found["path"])
     if not path.is_file():
         raise FileNotFoundError(f"model {name!r}: {path} is recorded in the run store but missing on disk")
+    # Every epoch's row of a run points at one RUN/model.pt: a run selected again since holds another model.
+    if found["sha256"] is not None and sha256_of(path) != found["sha256"]:
+        raise RegistryError(f"model {name!r}: {path} has changed since run {found['run_id']} epoch {found['epoch']} "
+                            "was published (selected again?); publish the run again to use the new file")
     return {"path": str(path), "run_id": found["run_id"], "epoch": int(found["epoch"])}
 
 
@@ -357,9 +365,11 @@ def _set_state(conn: Connection, model: dict, state: str, reason: str, actor: st
     """Write the model's state and append the event (nothing when state and reason are unchanged: a retry)."""
     if (model.get("state"), model.get("reason"), model.get("is_current")) == (state, reason, current):
         return
+    if state not in MODEL_STATES:
+        raise ValueError(f"model state {state!r}: expected one of {', '.join(MODEL_STATES)}")
     at = datetime.now(timezone.utc)
     conn.execute(update(Model).where(*_key(model)).values(
-        state=state, reason=reason, actor=actor, state_at=at, published=True, is_current=current))
+        state=state, reason=reason, actor=actor, state_at=at, is_current=current))
     conn.execute(insert(ModelEvent).values(
         run_id=model["run_id"], epoch=model["epoch"], state=state, reason=reason, actor=actor, at=at,
         previous_run_id=champion["run_id"] if champion else None,

@@ -92,7 +92,6 @@ class Model(Base):
     path: Mapped[str] = mapped_column(Text)
     val_mean_accuracy: Mapped[float] = mapped_column(Float)
     test_mean_accuracy: Mapped[float | None] = mapped_column(Float)
-    published: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # The champion: the model that scoring with `champion` uses. Kept with `state` by the registry.
     is_current: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # The registry (faceattr.store.registry): None until published, then MODEL_STATES; why, when, by whom.
@@ -102,6 +101,8 @@ class Model(Base):
     actor: Mapped[str | None] = mapped_column(String)
     # What the test accuracy was measured on: {"split", "seed", "data_sha256"}; compared before accuracies.
     eval_set: Mapped[dict | None] = mapped_column(JSON)
+    # The model file's sha256 when it was published: resolve refuses a RUN/model.pt changed since.
+    sha256: Mapped[str | None] = mapped_column(String)
 
 
 class ModelEvent(Base):

@@ -194,6 +194,17 @@ def test_the_runs_model_is_best_json_epoch_for_store_registry_and_ui(store, tmp_
     assert store.run("r")["best_epoch"] == 2
 
 
+def test_a_model_file_changed_since_its_publish_is_not_resolved(store, tmp_path):
+    """Both epochs' rows point at RUN/model.pt: after the run is selected again, the old row must not resolve to it."""
+    run_dir = _tested_run(tmp_path, "r", 0.8, root=_data_root(tmp_path))
+    registry.publish(store, run_dir, actor="t")
+    assert registry.resolve(store, "champion")["epoch"] == 2
+    (run_dir / "model.pt").write_bytes(b"epoch 1's weights, exported by a later select")
+    for name in ("champion", "r"):
+        with pytest.raises(RegistryError, match="has changed since run r epoch 2 was published"):
+            registry.resolve(store, name)
+
+
 def test_rollback_steps_back_through_the_champions_in_order(store, tmp_path):
     """A, B, C promoted in turn: rollback gives B, the next A (not C again), then there is nothing left."""
     root = _data_root(tmp_path)

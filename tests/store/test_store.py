@@ -62,7 +62,7 @@ def test_migrations_create_schema(store, store_url):
     assert versions == list(heads)
 
 
-def test_downgrade_of_the_registry_keeps_the_scoring_jobs_model(store, tmp_path):
+def test_downgrades_keep_the_scoring_jobs_model(store, tmp_path):
     from alembic import command
 
     _add_run(store, "r", tmp_path)
@@ -70,7 +70,7 @@ def test_downgrade_of_the_registry_keeps_the_scoring_jobs_model(store, tmp_path)
     store.upsert_scoring_job("job", model_run_id="r", model_epoch=1, status="success")
     with store.write() as conn:
         command.downgrade(store._alembic_config(conn), "0001")
-    assert "state" not in {c["name"] for c in inspect(store.engine).get_columns("models")}
+    assert {c["name"] for c in inspect(store.engine).get_columns("models")}.isdisjoint({"state", "sha256"})
     with store.engine.connect() as conn:
         job = conn.execute(text("SELECT model_run_id, model_epoch FROM scoring_jobs")).one()
     assert tuple(job) == ("r", 1)
@@ -223,12 +223,12 @@ def test_recording_a_model_never_changes_its_registry_state(store, tmp_path):
         store.upsert_model(run_id, 2, tmp_path / f"{run_id}.pt", val_mean_accuracy=0.8, test_mean_accuracy=0.79)
     assert store.current_model() is None
     with store.engine.begin() as conn:  # what the registry decides (test_registry.py covers how)
-        conn.execute(text("UPDATE models SET is_current = :yes, published = :yes, state = 'champion' "
+        conn.execute(text("UPDATE models SET is_current = :yes, state = 'champion' "
                           "WHERE run_id = 'a'"), {"yes": True})
     # A retried recording updates the figures and keeps the decision.
     store.upsert_model("a", 2, tmp_path / "a.pt", val_mean_accuracy=0.81, test_mean_accuracy=0.8)
     current = store.current_model()
-    assert (current["run_id"], current["published"], current["state"]) == ("a", True, "champion")
+    assert (current["run_id"], current["state"]) == ("a", "champion")
     assert current["val_mean_accuracy"] == pytest.approx(0.81)
 
     # The database itself refuses a second champion.
