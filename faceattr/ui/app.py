@@ -7,7 +7,9 @@ or unauthorised one 403. Imported only by the API server (it loads Airflow's API
 """
 from __future__ import annotations
 
+import logging
 import threading
+from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query
@@ -24,6 +26,7 @@ from faceattr.store.store import RunNotFoundError
 from faceattr.ui import data, pages
 
 TRAIN_DAG_ID = "faceattr_train"
+log = logging.getLogger(__name__)
 
 app = FastAPI(
     title="faceattr", docs_url=None, redoc_url=None, openapi_url=None,
@@ -37,12 +40,23 @@ _lock = threading.Lock()
 
 
 def store():
-    """One Store per database URL for this process (opening one checks the schema's migrations)."""
-    from faceattr.store.store import Store
+    """One Store per database URL for this process (opening one checks the schema's migrations).
 
-    url = settings.db_url()
+    Never creates a SQLite file: an API server without FACEATTR_DB_URL (or FACEATTR_HOME) would
+    otherwise make an empty ./data/faceattr.db and show no runs, silently.
+    """
+    from sqlalchemy.engine import make_url
+
+    from faceattr.store.store import Store, default_url
+
+    url = default_url()
     with _lock:
         if url not in _stores:
+            parsed = make_url(url)
+            if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
+                raise HTTPException(503, f"run store {url}: no such database file; set {settings.DB_URL} (or "
+                                         f"{settings.HOME}) for the API server to the store the DAG's tasks write")
+            log.info("faceattr UI: run store %s", parsed.render_as_string(hide_password=True))
             _stores[url] = Store(url)
         return _stores[url]
 

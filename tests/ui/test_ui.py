@@ -205,7 +205,7 @@ def client(made_run):
     from faceattr.ui import app
 
     app._stores.clear()
-    app._stores[os.environ["FACEATTR_DB_URL"]] = made_run["store"]
+    app._stores[os.environ["FACEATTR_DB_URL"]] = made_run["store"]  # default_url() is FACEATTR_DB_URL
     overrides = {dep.dependency: lambda: None for dep in app.app.router.dependencies}
     app.app.dependency_overrides.update({**overrides, _get_session: lambda: None})
     try:
@@ -246,3 +246,11 @@ def test_comparability_with_the_current_model_is_the_registrys_rule(made_run):
     view = data.run_view(store, "manual__other")
     assert view["current"]["comparable"] is False and "checksum is unknown" in view["current"]["difference"]
     assert "Not comparable with the current model" in pages.run_page(view)
+
+
+def test_without_a_run_store_the_ui_says_which_setting_and_creates_nothing(client, tmp_path, monkeypatch):
+    missing = tmp_path / "nowhere" / "faceattr.db"
+    monkeypatch.setenv("FACEATTR_DB_URL", f"sqlite:///{missing}")
+    response = client.get("/api/runs")
+    assert response.status_code == 503 and "FACEATTR_DB_URL" in response.text
+    assert not missing.exists()
