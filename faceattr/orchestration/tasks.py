@@ -392,8 +392,10 @@ def record_failure(dag_run_id: str, reason: str) -> None:
     run_id = sanitize_run_id(dag_run_id)
     try:
         with store() as opened:
-            run_dir = opened.run(run_id)["run_dir"]
-            opened.sync_run_dir(run_id, run_dir, status="failed", finished_at=now())
+            # Only the row: the callback runs in the dag-processor, which may have no run folders.
+            row = opened.run(run_id)
+            opened.upsert_run(run_id, run_dir=row["run_dir"], config=row["config"], status="failed",
+                              finished_at=now())
         log.info("run %s recorded as failed (%s)", run_id, reason)
     except RunNotFoundError:
         log.info("run %s failed before it was recorded in the store (%s)", run_id, reason)
