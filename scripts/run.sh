@@ -62,12 +62,12 @@ if [[ -n "${FACEATTR_SOURCE:-}" ]]; then
     step "Dataset: CelebA from $SOURCE"
     CPU_IMAGES="${FACEATTR_CPU_IMAGES:-2000}"
     if [[ "$GPU" == 0 ]]; then
-        # About 10 img/s on two cores (resnet18 from scratch): the whole set is hours per epoch.
+        CPU_RATE=10  # img/s, resnet18 from scratch on two cores (README): the whole set is hours per epoch
         COUNT=$(head -n 1 "$SOURCE/list_attr_celeba.txt" 2>/dev/null | tr -d '\r' || true)
         COUNT="${COUNT:-202599}"
-        HOURS=$(awk -v n="$COUNT" -v e="$EPOCHS" 'BEGIN { printf "%.1f", n * 0.9 * e / 10 / 3600 }')
+        HOURS=$(awk -v n="$COUNT" -v e="$EPOCHS" -v r="$CPU_RATE" 'BEGIN { printf "%.1f", n * 0.9 * e / r / 3600 }')
         if [[ "$CPU_IMAGES" == all ]]; then
-            printf '\n  NO GPU: all %s images, %s epochs: expect about %s hours at ~10 img/s.\n' "$COUNT" "$EPOCHS" "$HOURS"
+            printf '\n  NO GPU: all %s images, %s epochs: expect about %s hours at ~%s img/s.\n' "$COUNT" "$EPOCHS" "$HOURS" "$CPU_RATE"
         else
             if [[ ! -d "$SOURCE" ]]; then  # a mirror or gdrive: fetched whole once, then cut down
                 quiet faceattr download --source "$SOURCE" --root "$FACEATTR_HOME/celeba-full"
@@ -126,8 +126,8 @@ elif [[ "$GPU" == 1 && -n "${FACEATTR_SOURCE:-}" ]]; then
 print(json.dumps({"source": sys.argv[1], "root": sys.argv[2], "output": sys.argv[3], "private_images": sys.argv[4],
                   "epochs": int(sys.argv[5]), **PRESETS["gpu"]}))' "$SOURCE" "$FACEATTR_HOME" "$FACEATTR_HOME/runs" "$PRIVATE" "$EPOCHS")
 elif [[ "$GPU" == 1 ]]; then
-    # The synthetic demo on the GPU: its recipe below, but batch 16 stays (400 images at the GPU
-    # preset's 256 are one step per epoch, too few to learn from).
+    # The synthetic demo on the GPU: its recipe below, but batch 16 stays (the 320 training images
+    # of 400 at the GPU preset's 256 are two steps per epoch, too few to learn from).
     CONF=$(printf '{"source": "%s", "root": "%s", "output": "%s", "private_images": "%s", "arch": "resnet18", "weights": "none", "epochs": %d, "batch_size": 16, "lr": 0.001, "recalibrate_bn": 400, "device": "cuda", "data_path": "cache"}' \
         "$SOURCE" "$FACEATTR_HOME" "$FACEATTR_HOME/runs" "$PRIVATE" "$EPOCHS")
 else
@@ -164,6 +164,19 @@ best = json.loads(run.best.read_text())
 test = json.loads(run.metrics("test", best["epoch"]).read_text())
 print(f"\nBest epoch {best['epoch']}: validation mean accuracy {best['val_mean_accuracy']:.4f}; "
       f"test mean accuracy {test['mean_accuracy']:.4f} (majority baseline {test['majority_baseline']:.4f})")
+
+from faceattr.store import registry
+from faceattr.store.store import Store
+
+with Store.from_env() as store:  # scoring above used the champion, which may be an earlier run's model
+    champion = registry.champion(store)
+    mine = Store.selected_model(store.run(run.root.name))
+if champion is None or mine is None:
+    print("No champion: this run's model was not published.")
+else:
+    promoted = (champion["run_id"], champion["epoch"]) == (mine["run_id"], mine["epoch"])
+    print(f"Champion (scored the images): run {champion['run_id']} epoch {champion['epoch']}; this run "
+          + ("was promoted." if promoted else f"is {mine['state'] or 'not published'}: {mine['reason'] or ''}"))
 EOF
 
 cat <<EOF
