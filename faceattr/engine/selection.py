@@ -28,6 +28,12 @@ def ranking_measure(config: RunConfig) -> str:
     return "mean_accuracy_tuned" if config.tune_thresholds else "mean_accuracy"
 
 
+def rule_text(config: RunConfig) -> str:
+    """The rule in words, as the select task's log and the Run page show it."""
+    return (f"highest validation {ranking_measure(config).replace('_', ' ')}; a tie goes to the earlier epoch"
+            + (f"; stop after {config.patience} epoch(s) without a gain" if config.patience else ""))
+
+
 def ranking_score(val: Mapping[str, Any], config: RunConfig, where: str = "val metrics") -> float:
     """An epoch's ranking figure from its val metrics; a clear error when it was scored without it."""
     key = ranking_measure(config)

@@ -321,14 +321,13 @@ def validate(params: Mapping[str, Any], dag_run_id: str, epoch: int) -> dict:
 
 def select(params: Mapping[str, Any], dag_run_id: str) -> dict:
     """Pick the best epoch (faceattr.engine.selection's rule); write best.json and model.pt; log every epoch."""
-    from faceattr.engine.selection import ranking_measure, select_best, validation_scores
+    from faceattr.engine.selection import ranking_measure, rule_text, select_best, validation_scores
 
     with run_folder(params, dag_run_id) as run:
         result = select_best(run.dir)
     measure = ranking_measure(run.config)
     scores = validation_scores(run.dir, run.config, run.layout.trained_epochs())
-    log.info("selection: highest validation %s, ties to the earlier epoch\n%s",
-             measure, selection_table(scores, int(result["epoch"]), measure))
+    log.info("selection: %s\n%s", rule_text(run.config), selection_table(scores, int(result["epoch"]), measure))
     return {**summary(result, "epoch", "val_mean_accuracy"), "model": str(run.layout.model)}
 
 

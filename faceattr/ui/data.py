@@ -180,15 +180,14 @@ def progress(run: dict[str, Any], config: RunConfig | None, folder: Path | None,
 
 def selection(run: dict[str, Any], config: RunConfig | None, folder: Path | None) -> dict[str, Any]:
     """Every validated epoch's ranking figure, the rule (faceattr.engine.selection's) and the winner."""
-    from faceattr.engine.selection import best_epoch, ranking_measure, validation_scores
+    from faceattr.engine.selection import best_epoch, ranking_measure, rule_text, validation_scores
 
     measure = ranking_measure(config) if config else "mean_accuracy"
     validated = {e["epoch"]: float(e["val_mean_accuracy"]) for e in run["epochs"] if e["val_mean_accuracy"] is not None}
     ranked = dict(validated)
     if measure != "mean_accuracy" and folder is not None:
         ranked = validation_scores(folder, config, sorted(validated))
-    rule = (f"highest validation {measure.replace('_', ' ')}; a tie goes to the earlier epoch"
-            + (f"; stop after {config.patience} epoch(s) without a gain" if config and config.patience else ""))
+    rule = rule_text(config or RunConfig())  # an unreadable config: the default rule, by mean accuracy
     model = run["model"]  # the store's selected_model
     chosen = model["epoch"] if model else None
     return {
