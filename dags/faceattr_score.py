@@ -6,11 +6,13 @@ attributes, values -1/1) and an errors file beside it (`<name>.errors.csv`: imag
 exactly as `faceattr predict` does, and records the scoring job in the store.
 
 * Params: `images`, `output` (empty: `$FACEATTR_HOME/scores/<run id>.csv`), `model` (`champion`,
-  the default, or the run id of a published model; the form lists them).
+  the default, or the run id of a published model; the form lists them, read from the run store
+  each time the DAG file is parsed: a model published since shows after the next parse).
 * Both paths must lie under `FACEATTR_DATA_ROOTS` (symlinks and `..` resolved); anything else is
   refused by `check_request` before any file is read or written.
 * With `FACEATTR_STANDING_SET` set, the DAG is also scheduled on the `faceattr/model` asset: each
-  new champion re-scores that standing set.
+  new champion re-scores that standing set. `faceattr models promote`/`rollback` emit no event:
+  trigger this DAG after them to re-score it.
 
 All logic is in `faceattr.orchestration.scoring`; this file is the table of contents.
 """
