@@ -66,6 +66,10 @@ def epoch_group_ids(count: int) -> list[str]:
 
 
 # -- run context ------------------------------------------------------------------------------
+# What sanitize_run_id makes of a DAG run id (Airflow allows 250 characters): a run folder's name.
+RUN_FOLDER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,249}")
+
+
 def sanitize_run_id(run_id: str) -> str:
     """A folder name from an Airflow run id: manual__2025-01-01T00:00:00+00:00 -> manual__2025-01-01T00-00-00-00-00."""
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", str(run_id)).strip(".-")

@@ -24,7 +24,6 @@ from faceattr.config import ConfigError, RunConfig
 from faceattr.data.access import AccessError, check_path
 from faceattr.run.layout import RunLayout
 
-RUN_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,199}")  # what sanitize_run_id makes of a DAG run id
 # The files a run offers for download: link name -> path inside the run folder.
 DOWNLOADS = {
     "model.pt": "model.pt",
@@ -47,7 +46,9 @@ class NotFound(LookupError):
 
 
 def check_run_id(run_id: str) -> str:
-    if not RUN_ID.fullmatch(run_id or ""):
+    from faceattr.orchestration.tasks import RUN_FOLDER_NAME
+
+    if not RUN_FOLDER_NAME.fullmatch(run_id or ""):
         raise ValueError(f"run id {run_id!r}: expected letters, digits, '.', '_' or '-' (a run folder's name)")
     return run_id
 
@@ -107,13 +108,11 @@ def _mean(values: Iterable[float | None]) -> float | None:
     return sum(found) / len(found) if found else None
 
 
-def now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
-
-
 # -- the Runs page --------------------------------------------------------------------------------
 def runs_table(store) -> list[dict[str, Any]]:
     """One row per run, newest first: what the Runs page lists and its JSON returns."""
+    from faceattr.orchestration.tasks import now
+
     current = store.current_model()
     rows = []
     for summary in store.runs():
@@ -154,7 +153,7 @@ def progress(run: dict[str, Any], config: RunConfig | None, folder: Path | None,
 
     `tasks`: the DAG run's task instances ({task_id, state, start_date, end_date}) from Airflow.
     """
-    from faceattr.orchestration.tasks import duration, epoch_seconds, run_eta
+    from faceattr.orchestration.tasks import duration, epoch_seconds, now, run_eta
 
     planned = config.epochs if config else None
     done = sum(1 for e in run["epochs"] if e["val_mean_accuracy"] is not None)

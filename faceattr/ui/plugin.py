@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
 
-PREFIX = "/faceattr"
+from faceattr.ui.pages import PREFIX  # light: html and the SVG charts only
 
 
 class FaceattrPlugin(AirflowPlugin):
