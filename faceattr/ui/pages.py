@@ -63,10 +63,6 @@ def num(value: float | None, digits: int = 4) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
-def pct(value: float | None) -> str:
-    return "–" if value is None else f"{100 * value:.2f} %"
-
-
 def signed(value: float | None) -> str:
     if value is None:
         return "–"

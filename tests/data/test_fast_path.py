@@ -99,6 +99,16 @@ def test_normalise_batch_equals_the_eval_transform():
 
 
 # -- the cache loader ---------------------------------------------------------------------------
+def _random_model_file(path: Path) -> Path:
+    """A model.pt of a seeded, untrained resnet18: scoring tests compare paths, not accuracy."""
+    from faceattr.model import build_model, export_model
+
+    torch.manual_seed(0)
+    model = build_model("resnet18", weights="none")
+    return export_model(path, model.state_dict(), RunConfig(arch="resnet18", weights="none"), epoch=1,
+                        thresholds=np.zeros(len(ATTRIBUTES), np.float32), run="t", val_mean_accuracy=0.0)
+
+
 def _cached_run(tmp_path_factory, root: Path) -> tuple[Path, RunConfig]:
     from faceattr.data.cache import build_cache
     from faceattr.data.split import make_split
@@ -250,8 +260,6 @@ def test_device_jpeg_decode_gives_the_pil_results_and_errors(tmp_path, monkeypat
 
     import faceattr.engine.predict as predict_module
     from faceattr.data.jpeg import plain_jpeg
-    from faceattr.model import export_model
-    from faceattr.model import build_model
 
     folder = tmp_path / "images"
     folder.mkdir()
@@ -277,10 +285,7 @@ def test_device_jpeg_decode_gives_the_pil_results_and_errors(tmp_path, monkeypat
     assert not plain_jpeg((folder / "07_rotated.jpg").read_bytes())
     assert not plain_jpeg((folder / "09_garbage.jpg").read_bytes())
 
-    torch.manual_seed(0)
-    model = build_model("resnet18", weights="none")
-    model_path = export_model(tmp_path / "model.pt", model.state_dict(), RunConfig(arch="resnet18", weights="none"),
-                              epoch=1, thresholds=np.zeros(40, np.float32), run="t", val_mean_accuracy=0.0)
+    model_path = _random_model_file(tmp_path / "model.pt")
 
     def run(name: str, device_decode: tuple[str, ...]):
         monkeypatch.setattr(predict_module, "DEVICE_DECODE", device_decode)
@@ -424,8 +429,6 @@ def test_cuda_predict_decodes_jpegs_with_nvjpeg_and_keeps_the_errors(tmp_path, m
     import pandas as pd
 
     import faceattr.engine.predict as predict_module
-    from faceattr.model import export_model
-    from faceattr.model import build_model
 
     folder = tmp_path / "images"
     folder.mkdir()
@@ -435,10 +438,7 @@ def test_cuda_predict_decodes_jpegs_with_nvjpeg_and_keeps_the_errors(tmp_path, m
     whole = (folder / "00.jpg").read_bytes()
     (folder / "06_truncated.jpg").write_bytes(whole[: len(whole) // 2])
     (folder / "07_notes.txt").write_text("not an image")
-    torch.manual_seed(0)
-    model = build_model("resnet18", weights="none")
-    model_path = export_model(tmp_path / "model.pt", model.state_dict(), RunConfig(arch="resnet18", weights="none"),
-                              epoch=1, thresholds=np.zeros(40, np.float32), run="t", val_mean_accuracy=0.0)
+    model_path = _random_model_file(tmp_path / "model.pt")
     calls = []
     real_decode = predict_module.JpegDecoder.decode
     monkeypatch.setattr(predict_module.JpegDecoder, "decode",

@@ -120,26 +120,28 @@ def test_only_changed_files_move(tmp_path, url):
     assert (other / "metrics" / "train_epoch_1.json").read_text() == '{"epoch": 1, "loss": 0.5}\n'
 
 
-def test_a_file_without_its_manifest_entry_is_not_read(tmp_path, url):
-    """An upload whose entry is not written yet (or was cut short) is invisible to readers."""
+def _put_remote_file(url: str, run: Path, relative: str, body: bytes) -> None:
+    """Write a run file's bytes in the bucket behind faceattr's back (no manifest entry)."""
     import boto3
 
+    prefix = f"{url.removeprefix(f's3://{BUCKET}/')}/{run.name}"
+    boto3.client("s3").put_object(Bucket=BUCKET, Key=f"{prefix}/files/{relative}", Body=body)
+
+
+def test_a_file_without_its_manifest_entry_is_not_read(tmp_path, url):
+    """An upload whose entry is not written yet (or was cut short) is invisible to readers."""
     run = _make_run(tmp_path / "a")
     push(run, url)
-    prefix = f"{url.removeprefix(f's3://{BUCKET}/')}/{run.name}"
-    boto3.client("s3").put_object(Bucket=BUCKET, Key=f"{prefix}/files/checkpoints/epoch_2.pt", Body=b"partial")
+    _put_remote_file(url, run, "checkpoints/epoch_2.pt", b"partial")
     other = tmp_path / "b" / run.name
     pull(other, url)
     assert not (other / "checkpoints" / "epoch_2.pt").exists()
 
 
 def test_bytes_that_do_not_match_the_manifest_are_refused(tmp_path, url):
-    import boto3
-
     run = _make_run(tmp_path / "a")
     push(run, url)
-    prefix = f"{url.removeprefix(f's3://{BUCKET}/')}/{run.name}"
-    boto3.client("s3").put_object(Bucket=BUCKET, Key=f"{prefix}/files/config.json", Body=b"corrupted")
+    _put_remote_file(url, run, "config.json", b"corrupted")
     other = tmp_path / "b" / run.name
     with pytest.raises(ArtifactError, match=r"files/config.json: sha256 .* does not match"):
         pull(other, url)
