@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from faceattr.config import RunConfig
+from faceattr.run.config import RunConfig
 from faceattr.data.loaders import CelebAImages
 from faceattr.data.transforms import train_transform
 from faceattr.data.images import IMAGE_SIZE

@@ -31,7 +31,7 @@ LIBRARY = ("faceattr.cli", "faceattr.data.cache", "faceattr.data.split", "faceat
 
 class Sizes:
     def __init__(self, dry_run: bool):
-        from faceattr.config import PRESETS, SCORE_BATCH_SIZES
+        from faceattr.run.config import PRESETS, SCORE_BATCH_SIZES
 
         self.dry_run = dry_run
         if dry_run:  # the same code paths, small enough for two CPU cores
@@ -315,7 +315,7 @@ def _training_setup(ctx: dict, n: int) -> dict:
     import torch
 
     from faceattr.attributes import ATTRIBUTES
-    from faceattr.config import RunConfig
+    from faceattr.run.config import RunConfig
     from faceattr.data.loaders import CachedImages, CachedLoader
     from faceattr.engine.train import AttributeLoss, make_optimizer, train_one_epoch
     from faceattr.model import build_model
@@ -387,7 +387,7 @@ def _model_file(ctx: dict) -> Path:
     import numpy as np
     import torch
 
-    from faceattr.config import RunConfig
+    from faceattr.run.config import RunConfig
     from faceattr.model import build_model, export_model
 
     path = ctx["work"] / "model.pt"

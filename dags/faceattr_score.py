@@ -24,7 +24,8 @@ from airflow.sdk import DAG, Asset, Param, task
 
 from faceattr import settings
 from faceattr.orchestration import params as forms, scoring
-from faceattr.orchestration.tasks import MODEL_ASSET_NAME, sanitize_run_id
+from faceattr.orchestration.tasks import MODEL_ASSET_NAME
+from faceattr.run.layout import sanitize_run_id
 
 MODEL_ASSET = Asset(MODEL_ASSET_NAME)
 

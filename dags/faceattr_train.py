@@ -74,7 +74,7 @@ def validate_epoch(epoch: int, params=None, run_id=None):
 
 @task(
     trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS,
-    doc_md="Picks the best validated epoch by faceattr.engine.selection's rule (its log line states it: mean "
+    doc_md="Picks the best validated epoch by faceattr.run.selection's rule (its log line states it: mean "
            "accuracy, or the tuned one with tune_thresholds; ties: the earlier); writes best.json and the "
            "inference artifact model.pt. Runs when the remaining epochs were skipped.",
 )

@@ -8,7 +8,7 @@ Three figures, each in images per second for both recipes and their ratio:
     train      the training loop, data included: the write-up's fp32 eager loop at batch 64
                against faceattr.engine.train.train_one_epoch on the cache path (bf16 autocast,
                channels_last, torch.compile and cuDNN autotuning on CUDA, at the GPU preset's batch,
-               faceattr.config.PRESETS["gpu"]), timed in steady state: putting the split on the
+               faceattr.run.config.PRESETS["gpu"]), timed in steady state: putting the split on the
                device and the compile warm-up are reported apart
     score      scoring JPEG files: a PIL DataLoader + fp32 model against faceattr.engine.predict.predict
                (batched nvjpeg decode, bf16, channels_last on CUDA), both from their second batch
@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from faceattr.config import PRESETS, SCORE_BATCH_SIZES
+from faceattr.run.config import PRESETS, SCORE_BATCH_SIZES
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class BenchSize:
 SIZES = {
     "small": BenchSize(arch="resnet18", images=384, score_images=96, train_images=64, synth_images=128,
                        writeup_batch=64, fast_batch=64, score_batch=64),
-    # The GPU preset's batches (faceattr.config.PRESETS["gpu"]); enough timed steps for a steady rate.
+    # The GPU preset's batches (faceattr.run.config.PRESETS["gpu"]); enough timed steps for a steady rate.
     "full": BenchSize(arch="resnext50_32x4d", images=8192, score_images=8192, train_images=8192, synth_images=512,
                       writeup_batch=64, fast_batch=PRESETS["gpu"]["batch_size"], score_batch=SCORE_BATCH_SIZES["gpu"],
                       train_passes=4),
@@ -238,7 +238,7 @@ def _data_path_figures(run_dir, root, image_ids, labels, spec: BenchSize, device
 def _train_figures(run_dir, root, image_ids, labels, spec: BenchSize, device) -> dict[str, Any]:
     import torch
 
-    from faceattr.config import RunConfig
+    from faceattr.run.config import RunConfig
     from faceattr.model import build_model
     from faceattr.runtime import prepare_cuda, should_compile, synchronize
     from faceattr.engine.train import AttributeLoss, make_optimizer, train_one_epoch
@@ -324,7 +324,7 @@ def _score_figures(work: Path, root: Path, spec: BenchSize, device) -> dict[str,
     import numpy as np
     import torch
 
-    from faceattr.config import RunConfig
+    from faceattr.run.config import RunConfig
     from faceattr.data.loaders import CelebAImages
     from faceattr.data.transforms import eval_transform
     from faceattr.model import export_model

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from faceattr.config import PRESETS, SCORE_BATCH_SIZES, ConfigError, RunConfig, field_kind, save_or_check
+from faceattr.run.config import PRESETS, SCORE_BATCH_SIZES, ConfigError, RunConfig, field_kind, save_or_check
 from faceattr.run.layout import RunLayout
 
 

@@ -22,7 +22,7 @@ from faceattr.attributes import ATTRIBUTES
 
 if TYPE_CHECKING:
     import torch
-    from faceattr.config import RunConfig
+    from faceattr.run.config import RunConfig
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,10 @@ import math
 import time
 from pathlib import Path
 
-from faceattr.config import RunConfig, save_or_check
+from faceattr.run.config import RunConfig, save_or_check
 from faceattr.run import metrics
 from faceattr.run.layout import RunLayout
+from faceattr.run.selection import ranking_score, stop_reason
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,7 @@ def fit(config: RunConfig, run_dir: str | Path) -> dict:
     """Run the recipe for `config` in `run_dir`; returns a summary of the best epoch and the test result.
 
     Validation after every epoch; with config.patience > 0, training stops once that many epochs
-    in a row have not improved the best validation figure (faceattr.engine.selection's rule, the
+    in a row have not improved the best validation figure (faceattr.run.selection's rule, the
     one that then picks the best epoch). Each epoch is spread over the visible GPUs as the DAG's
     train task does (faceattr.engine.distributed.launch_epoch).
     """
@@ -58,10 +59,10 @@ def fit(config: RunConfig, run_dir: str | Path) -> dict:
                 launch_epoch(run_dir, epoch, config)
             val = evaluate_epoch(run_dir, epoch, "val", device=config.device)
         val_by_epoch[epoch] = float(val["mean_accuracy"])
-        ranked[epoch] = selection.ranking_score(val, config, str(layout.metrics("val", epoch)))
+        ranked[epoch] = ranking_score(val, config, str(layout.metrics("val", epoch)))
         log.info("epoch %d: val mean accuracy %.4f (majority baseline %.4f)",
                  epoch, val_by_epoch[epoch], float(val.get("majority_baseline", math.nan)))
-        reason = selection.stop_reason(config, ranked)
+        reason = stop_reason(config, ranked)
         if reason:
             stopped_early = epoch < config.epochs
             if stopped_early:

@@ -7,7 +7,7 @@
 # of held-out images with faceattr_score, and prints where the results are.
 #
 # With a CUDA device it trains there: real CelebA with the write-up's recipe at the GPU preset
-# (faceattr.config.PRESETS["gpu"]), the synthetic demo on the GPU at its own small batch. On a CPU
+# (faceattr.run.config.PRESETS["gpu"]), the synthetic demo on the GPU at its own small batch. On a CPU
 # with real CelebA it trains on a random FACEATTR_CPU_IMAGES-image subset and says so.
 #
 # Knobs (environment): FACEATTR_SOURCE (real CelebA: a folder in the official layout, a mirror
@@ -122,7 +122,7 @@ if [[ -n "${FACEATTR_TRAIN_CONF:-}" ]]; then
 elif [[ "$GPU" == 1 && -n "${FACEATTR_SOURCE:-}" ]]; then
     # Real CelebA on the GPU: the write-up's recipe (the DAG's defaults: resnext50_32x4d, ImageNet
     # weights, first 6 children frozen) at the GPU preset's batch, decoded once into the cache.
-    CONF=$(python -c 'import json, sys; from faceattr.config import PRESETS
+    CONF=$(python -c 'import json, sys; from faceattr.run.config import PRESETS
 print(json.dumps({"source": sys.argv[1], "root": sys.argv[2], "output": sys.argv[3], "private_images": sys.argv[4],
                   "epochs": int(sys.argv[5]), **PRESETS["gpu"]}))' "$SOURCE" "$FACEATTR_HOME" "$FACEATTR_HOME/runs" "$PRIVATE" "$EPOCHS")
 elif [[ "$GPU" == 1 ]]; then
@@ -146,7 +146,7 @@ RUN_DIR=$(python -c "from faceattr.store.store import Store; print(Store.from_en
 
 if [[ "$GPU" == 1 ]]; then
     SCORE_CONF=$(printf '{"images": "%s", "output": "%s", "model": "champion", "device": "cuda", "batch_size": %d}' \
-        "$PRIVATE" "$SCORES" "$(python -c 'from faceattr.config import SCORE_BATCH_SIZES; print(SCORE_BATCH_SIZES["gpu"])')")
+        "$PRIVATE" "$SCORES" "$(python -c 'from faceattr.run.config import SCORE_BATCH_SIZES; print(SCORE_BATCH_SIZES["gpu"])')")
 else
     SCORE_CONF=$(printf '{"images": "%s", "output": "%s", "model": "champion", "device": "cpu"}' "$PRIVATE" "$SCORES")
 fi

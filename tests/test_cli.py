@@ -6,7 +6,7 @@ import json
 import pytest
 
 from faceattr import cli
-from faceattr.config import PRESETS
+from faceattr.run.config import PRESETS
 
 
 def test_preset_sets_its_fields_and_explicit_flags_win(synth_root, tmp_path):

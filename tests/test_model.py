@@ -6,7 +6,7 @@ from urllib.error import URLError
 import pytest
 import torch
 
-from faceattr.config import RunConfig
+from faceattr.run.config import RunConfig
 from faceattr.model import (
     WeightsUnavailableError,
     build_model,

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from faceattr.cli import main
-from faceattr.config import ConfigError
+from faceattr.run.config import ConfigError
 
 # Small enough for ~1-2 minutes on two idle cores, large enough that a from-scratch resnet18
 # learns the plainly drawn attributes (hair colour, hats, glasses, sex...) within two epochs.
@@ -100,7 +100,7 @@ def test_fit_stops_early_and_resumes_without_redoing_epochs(tmp_path, monkeypatc
     import faceattr.engine.evaluate
     import faceattr.engine.selection
     import faceattr.run.report
-    from faceattr.config import RunConfig
+    from faceattr.run.config import RunConfig
     from faceattr.fsutil import write_json
     from faceattr.run.layout import RunLayout
     from faceattr.pipeline import fit
@@ -169,7 +169,7 @@ def test_with_tuned_thresholds_early_stopping_and_selection_rank_epochs_alike(tm
     import faceattr.engine.evaluate
     import faceattr.run.report
     from faceattr.checkpoint import save_checkpoint
-    from faceattr.config import RunConfig
+    from faceattr.run.config import RunConfig
     from faceattr.fsutil import write_json
     from faceattr.pipeline import fit
     from faceattr.run.layout import RunLayout

@@ -248,7 +248,7 @@ def build_cache(run_dir: str | Path, splits: Sequence[str] = SPLITS, *, num_work
     Reads RUN/config.json (dataset root, num_workers) and RUN/split.csv. Returns
     {"run", "splits": {split: {"images", "status": "built" | "up-to-date", "path", "seconds"}}, "bytes"}.
     """
-    from faceattr.config import RunConfig
+    from faceattr.run.config import RunConfig
     from faceattr.runtime import resolve_num_workers
     from faceattr.data.split import read_split
 

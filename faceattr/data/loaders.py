@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from faceattr.attributes import ATTRIBUTES, SPLITS
-from faceattr.config import ConfigError, RunConfig
+from faceattr.run.config import ConfigError, RunConfig
 from faceattr.data.images import open_image
 from faceattr.data.layout import ATTR_FILE, celeba_dir, images_dir
 from faceattr.data.transforms import augment_batch, augment_params, eval_transform, normalise_batch, train_transform

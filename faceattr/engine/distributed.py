@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from faceattr import settings
-from faceattr.config import RunConfig
+from faceattr.run.config import RunConfig
 from faceattr.engine.parallel import Rank
 from faceattr.fsutil import read_json, write_json
 

@@ -5,7 +5,7 @@ otherwise -1; accuracy is the fraction of correct predictions per attribute, and
 accuracy averages the 40 attributes. Beside it we report balanced accuracy and F1 per
 attribute, and the majority-class baseline (always predict the attribute's most common value
 in the train split), because many attributes are rare and 90% accuracy can mean nothing.
-Choosing the best epoch is faceattr.engine.selection's.
+Choosing the best epoch is faceattr.run.selection's rule.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from faceattr.config import RunConfig
+from faceattr.run.config import RunConfig
 from faceattr.attributes import ATTRIBUTES
 from faceattr.fsutil import atomic_path
 from faceattr.run import metrics as run_metrics

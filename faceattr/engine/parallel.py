@@ -27,7 +27,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from faceattr.config import RunConfig
+from faceattr.run.config import RunConfig
 
 
 @dataclass(frozen=True)

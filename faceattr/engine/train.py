@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from faceattr.config import RunConfig
+from faceattr.run.config import RunConfig
 from faceattr.engine import parallel
 from faceattr.engine.parallel import Rank
 from faceattr.run.layout import RunLayout

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from faceattr import settings
-from faceattr.config import KNOWN_ARCHS, ConfigError, RunConfig
+from faceattr.run.config import KNOWN_ARCHS, ConfigError, RunConfig
 
 # The form's sections, in order. A field RunConfig adds must be placed here (train_params checks).
 SECTIONS = {

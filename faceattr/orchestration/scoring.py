@@ -12,7 +12,9 @@ from typing import Any, Mapping
 
 from faceattr import settings
 from faceattr.data.access import check_path, data_roots
-from faceattr.orchestration.tasks import now, run_folder, sanitize_run_id, skip, store, summary
+from faceattr.orchestration.tasks import run_folder, skip, store, summary
+from faceattr.run.layout import sanitize_run_id
+from faceattr.run.timing import now
 from faceattr.run import metrics
 
 log = logging.getLogger(__name__)

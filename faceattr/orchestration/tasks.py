@@ -15,7 +15,6 @@ import contextlib
 import datetime as dt
 import logging
 import math
-import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -23,12 +22,13 @@ from typing import Any, Iterator, Mapping
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from faceattr import settings
-from faceattr.config import ConfigError, RunConfig, save_or_check
+from faceattr.run.config import ConfigError, RunConfig, save_or_check
 from faceattr.data.access import AccessError, check_path
 from faceattr.data.layout import ATTR_FILE, celeba_dir, images_dir
 from faceattr.orchestration.params import check_conf, train_params
 from faceattr.run import artifacts, metrics
-from faceattr.run.layout import RunLayout
+from faceattr.run.layout import RunLayout, sanitize_run_id
+from faceattr.run.timing import duration, epoch_seconds, now, run_eta
 
 log = logging.getLogger(__name__)
 
@@ -66,18 +66,6 @@ def epoch_group_ids(count: int) -> list[str]:
 
 
 # -- run context ------------------------------------------------------------------------------
-# What sanitize_run_id makes of a DAG run id (Airflow allows 250 characters): a run folder's name.
-RUN_FOLDER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,249}")
-
-
-def sanitize_run_id(run_id: str) -> str:
-    """A folder name from an Airflow run id: manual__2025-01-01T00:00:00+00:00 -> manual__2025-01-01T00-00-00-00-00."""
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", str(run_id)).strip(".-")
-    if not name:
-        raise ValueError(f"run id {run_id!r} has no usable characters for a folder name")
-    return name
-
-
 def config_from_params(params: Mapping[str, Any]) -> RunConfig:
     """The RunConfig of a DAG run, with the dataset root checked against FACEATTR_DATA_ROOTS."""
     values = {f.name: params[f.name] for f in fields(RunConfig) if f.name in params}
@@ -133,10 +121,6 @@ def run_folder(params: Mapping[str, Any], run_id: str, *, record: bool = False,
     if record:
         with store() as opened:
             opened.sync_run_dir(run.id, run.dir, **run_fields)
-
-
-def now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
 
 
 def store():
@@ -255,43 +239,18 @@ def cache_images(params: Mapping[str, Any], dag_run_id: str) -> dict:
 def skip_reason(config: RunConfig, run_dir: Path, epoch: int) -> str | None:
     """Why training epoch `epoch` should not run, or None.
 
-    Epoch K trains after epoch K-1 is validated, so early stopping (faceattr.engine.selection's
+    Epoch K trains after epoch K-1 is validated, so early stopping (faceattr.run.selection's
     rule, as `faceattr fit` applies it) sees epochs 1..K-1 and stops where fit stops.
     """
     if epoch > config.epochs:
         return f"this run trains {config.epochs} epoch(s)"
     if config.patience:
-        from faceattr.engine.selection import stop_reason, validation_scores
+        from faceattr.run.selection import stop_reason, validation_scores
 
         reason = stop_reason(config, validation_scores(run_dir, config, range(1, epoch)))
         if reason:
             return f"early stop: {reason}"
     return None
-
-
-def epoch_seconds(run_dir: Path) -> dict[int, float]:
-    """Wall seconds of each trained and validated epoch: training plus validation, from their metrics."""
-    found = metrics.all_epoch_metrics(run_dir)
-    return {epoch: float(data.get("seconds") or 0.0) + float(found["val"][epoch].get("seconds") or 0.0)
-            for epoch, data in found["train"].items() if epoch in found["val"]}
-
-
-def run_eta(config: RunConfig, seconds: Mapping[int, float], epoch: int) -> float | None:
-    """Seconds left before epoch `epoch` starts until the last planned epoch is validated: the mean
-    epoch so far times the epochs left (None before the first epoch is done). Early stopping may end sooner."""
-    if not seconds:
-        return None
-    return sum(seconds.values()) / len(seconds) * max(0, config.epochs - epoch + 1)
-
-
-def duration(seconds: float) -> str:
-    """12 s, 4 min 05 s, 2 h 03 min: how long, for a person."""
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 def train(params: Mapping[str, Any], dag_run_id: str, epoch: int) -> dict:
@@ -324,8 +283,9 @@ def validate(params: Mapping[str, Any], dag_run_id: str, epoch: int) -> dict:
 
 
 def select(params: Mapping[str, Any], dag_run_id: str) -> dict:
-    """Pick the best epoch (faceattr.engine.selection's rule); write best.json and model.pt; log every epoch."""
-    from faceattr.engine.selection import ranking_measure, rule_text, select_best, validation_scores
+    """Pick the best epoch (faceattr.run.selection's rule); write best.json and model.pt; log every epoch."""
+    from faceattr.engine.selection import select_best
+    from faceattr.run.selection import ranking_measure, rule_text, validation_scores
 
     with run_folder(params, dag_run_id) as run:
         result = select_best(run.dir)

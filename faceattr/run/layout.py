@@ -16,6 +16,18 @@ from pathlib import Path
 
 from faceattr.attributes import SPLITS
 
+# A run folder's name: what sanitize_run_id makes of a DAG run id (Airflow allows 250 characters).
+RUN_FOLDER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,249}")
+
+
+def sanitize_run_id(run_id: str) -> str:
+    """A folder name from an Airflow run id: manual__2025-01-01T00:00:00+00:00 -> manual__2025-01-01T00-00-00-00-00."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", str(run_id)).strip(".-")
+    if not name:
+        raise ValueError(f"run id {run_id!r} has no usable characters for a folder name")
+    return name
+
+
 _METRICS_NAME = re.compile(r"^(%s)_epoch_(\d+)\.json$" % "|".join(SPLITS))
 
 

@@ -32,7 +32,7 @@ from sqlalchemy import create_engine, insert, select, update
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from faceattr.config import ConfigError
+from faceattr.run.config import ConfigError
 from faceattr.data.layout import ATTR_FILE, celeba_dir
 from faceattr.fsutil import read_json, sha256_of
 from faceattr.run.layout import RunLayout

@@ -430,7 +430,7 @@ def selected_model(run_dir: str | os.PathLike | None, models: list[dict[str, Any
 
 
 def _best(run: dict[str, Any], models: list[dict[str, Any]], epochs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The selected model, else the best validated epoch so far, by faceattr.engine.selection's rule."""
+    """The selected model, else the best validated epoch so far, by faceattr.run.selection's rule."""
     selected = model = selected_model(run["run_dir"], models)
     if model is None:
         validated = {e["epoch"]: e for e in epochs if e["val_mean_accuracy"] is not None}
@@ -447,8 +447,8 @@ def _best(run: dict[str, Any], models: list[dict[str, Any]], epochs: list[dict[s
 def _best_epoch_so_far(run: dict[str, Any], validated: dict[int, dict[str, Any]]) -> int:
     """A run in progress: its best validated epoch by the ranking figure its config uses."""
     # Imported here: the selection module loads numpy, and DAG files import the store at parse time.
-    from faceattr.config import ConfigError, RunConfig
-    from faceattr.engine.selection import best_epoch, ranking_measure, validation_scores
+    from faceattr.run.config import ConfigError, RunConfig
+    from faceattr.run.selection import best_epoch, ranking_measure, validation_scores
 
     scores = {epoch: e["val_mean_accuracy"] for epoch, e in validated.items()}
     try:

@@ -104,7 +104,7 @@ def run_page(run_id: str, session: SessionDep) -> str:
 @app.get("/report/{dag_id}/{dag_run_id:path}", response_class=HTMLResponse)
 def training_report(dag_id: str, dag_run_id: str, session: SessionDep) -> str:
     """The "Training report" tab of a DAG run (Airflow shows the tab on every DAG's runs)."""
-    from faceattr.orchestration.tasks import sanitize_run_id
+    from faceattr.run.layout import sanitize_run_id
 
     if dag_id != TRAIN_DAG_ID:
         return pages.message_page("No training report", f"{dag_id} is not {TRAIN_DAG_ID}: its runs train no model.")

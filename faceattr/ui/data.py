@@ -20,9 +20,10 @@ import numpy as np
 
 from faceattr import settings
 from faceattr.attributes import ATTRIBUTES
-from faceattr.config import ConfigError, RunConfig
+from faceattr.run.config import ConfigError, RunConfig
 from faceattr.data.access import AccessError, check_path
-from faceattr.run.layout import RunLayout
+from faceattr.run.layout import RUN_FOLDER_NAME, RunLayout
+from faceattr.run.timing import duration, epoch_seconds, now, run_eta
 
 # The files a run offers for download: link name -> path inside the run folder.
 DOWNLOADS = {
@@ -46,7 +47,6 @@ class NotFound(LookupError):
 
 
 def check_run_id(run_id: str) -> str:
-    from faceattr.orchestration.tasks import RUN_FOLDER_NAME
 
     if not RUN_FOLDER_NAME.fullmatch(run_id or ""):
         raise ValueError(f"run id {run_id!r}: expected letters, digits, '.', '_' or '-' (a run folder's name)")
@@ -111,7 +111,6 @@ def _mean(values: Iterable[float | None]) -> float | None:
 # -- the Runs page --------------------------------------------------------------------------------
 def runs_table(store) -> list[dict[str, Any]]:
     """One row per run, newest first: what the Runs page lists and its JSON returns."""
-    from faceattr.orchestration.tasks import now
 
     current = store.current_model()
     rows = []
@@ -153,7 +152,6 @@ def progress(run: dict[str, Any], config: RunConfig | None, folder: Path | None,
 
     `tasks`: the DAG run's task instances ({task_id, state, start_date, end_date}) from Airflow.
     """
-    from faceattr.orchestration.tasks import duration, epoch_seconds, now, run_eta
 
     planned = config.epochs if config else None
     done = sum(1 for e in run["epochs"] if e["val_mean_accuracy"] is not None)
@@ -178,8 +176,8 @@ def progress(run: dict[str, Any], config: RunConfig | None, folder: Path | None,
 
 
 def selection(run: dict[str, Any], config: RunConfig | None, folder: Path | None) -> dict[str, Any]:
-    """Every validated epoch's ranking figure, the rule (faceattr.engine.selection's) and the winner."""
-    from faceattr.engine.selection import best_epoch, ranking_measure, rule_text, validation_scores
+    """Every validated epoch's ranking figure, the rule (faceattr.run.selection's) and the winner."""
+    from faceattr.run.selection import best_epoch, ranking_measure, rule_text, validation_scores
 
     measure = ranking_measure(config) if config else "mean_accuracy"
     validated = {e["epoch"]: float(e["val_mean_accuracy"]) for e in run["epochs"] if e["val_mean_accuracy"] is not None}

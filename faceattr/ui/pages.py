@@ -11,6 +11,7 @@ import html
 from typing import Any, Iterable
 from urllib.parse import quote
 
+from faceattr.run.timing import duration
 from faceattr.ui.charts import PALETTE, Series, line_chart
 
 PREFIX = "/faceattr"
@@ -75,7 +76,6 @@ def when(value: dt.datetime | None) -> str:
 
 
 def span(seconds: float | None) -> str:
-    from faceattr.orchestration.tasks import duration
 
     return "–" if seconds is None else duration(seconds)
 

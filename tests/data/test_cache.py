@@ -17,7 +17,7 @@ from faceattr.data.cache import (
     open_cache,
     write_npy_chunks,
 )
-from faceattr.config import RunConfig
+from faceattr.run.config import RunConfig
 from faceattr.data.images import ImageError, open_image
 from faceattr.data.layout import images_dir
 

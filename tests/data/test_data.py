@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import functional as TF
 
-from faceattr.config import RunConfig
+from faceattr.run.config import RunConfig
 from faceattr.data.loaders import CelebAImages, load_split_frame, make_loader
 from faceattr.data.transforms import eval_transform, train_transform
 from faceattr.data.images import MEAN, STD

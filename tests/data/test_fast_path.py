@@ -11,7 +11,7 @@ from torch import nn
 from torchvision import transforms
 from torchvision.transforms import functional as TF
 
-from faceattr.config import RunConfig
+from faceattr.run.config import RunConfig
 from faceattr.data.loaders import (
     CachedLoader,
     load_split_frame,

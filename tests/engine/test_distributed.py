@@ -18,7 +18,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from faceattr.config import RunConfig
+from faceattr.run.config import RunConfig
 from faceattr.engine import distributed, parallel
 from faceattr.engine.distributed import world_size_for
 from faceattr.engine.parallel import Rank, RankBatches, expected_images

@@ -12,7 +12,7 @@ import torch
 from sklearn.metrics import balanced_accuracy_score, f1_score
 
 from faceattr.checkpoint import save_checkpoint
-from faceattr.config import RunConfig
+from faceattr.run.config import RunConfig
 from faceattr.engine.evaluate import (
     attribute_metrics,
     evaluate_epoch,

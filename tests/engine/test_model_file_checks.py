@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from faceattr.checkpoint import save_checkpoint
-from faceattr.config import RunConfig
+from faceattr.run.config import RunConfig
 from faceattr.engine.evaluate import evaluate_epoch
 from faceattr.engine.selection import select_best
 from faceattr.model import build_model, check_run_model, export_model

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from faceattr.config import RunConfig
+from faceattr.run.config import RunConfig
 from faceattr.model import export_model
 from faceattr.data.images import IMAGE_SIZE, ImageError, open_image
 from faceattr.attributes import ATTRIBUTES

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from faceattr.cli import main
-from faceattr.config import RunConfig
+from faceattr.run.config import RunConfig
 from faceattr.data.access import REFUSED_OUTSIDE
 from faceattr.data.images import IMAGE_SIZE
 from faceattr.engine.predict import csv_name, file_name, predict

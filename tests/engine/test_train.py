@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from faceattr.config import ConfigError, RunConfig
+from faceattr.run.config import ConfigError, RunConfig
 from faceattr.engine.train import AttributeLoss, make_loss, make_optimizer, make_scheduler, positive_weights, train_epoch
 
 

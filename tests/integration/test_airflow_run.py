@@ -95,7 +95,7 @@ def read_csv(path: Path) -> list[list[str]]:
 @pytest.fixture(scope="module")
 def train_run(dags, workspace):
     dag_run = dags["faceattr_train"].test(run_conf=small_conf(workspace))
-    from faceattr.orchestration.tasks import sanitize_run_id
+    from faceattr.run.layout import sanitize_run_id
 
     return dag_run, workspace["home"] / "runs" / sanitize_run_id(dag_run.run_id)
 
@@ -175,7 +175,7 @@ def test_score_dag_writes_the_csv_and_records_the_job(dags, train_run, workspace
     assert all(value in ("-1", "1") for row in rows[1:] for value in row[1:])
     assert [row[0] for row in read_csv(out.with_name("private.errors.csv"))[1:]] == ["broken.jpg"]
 
-    from faceattr.orchestration.tasks import sanitize_run_id
+    from faceattr.run.layout import sanitize_run_id
     from faceattr.store.store import Store
 
     with Store.from_env() as store:

@@ -108,7 +108,7 @@ def _conf(cluster) -> dict:
 
 
 def _run_dir(cluster, run_id: str) -> Path:
-    from faceattr.orchestration.tasks import sanitize_run_id
+    from faceattr.run.layout import sanitize_run_id
 
     return cluster.data / "runs" / sanitize_run_id(run_id)
 
@@ -194,7 +194,7 @@ def _assert_identical(got, want, where: str) -> None:
 @pytest.mark.services
 def test_killed_gpu_worker_mid_epoch_is_retried_and_matches(cluster, runs):
     from faceattr.checkpoint import load_checkpoint
-    from faceattr.orchestration.tasks import sanitize_run_id
+    from faceattr.run.layout import sanitize_run_id
     from faceattr.store.store import Store
 
     run_id = runs["faulty"]

@@ -24,9 +24,10 @@ from airflow.serialization.serialized_objects import DagSerialization  # noqa: E
 from faceattr import settings  # noqa: E402
 from faceattr.orchestration import params as forms, scoring, tasks as orchestrate  # noqa: E402
 from faceattr.data.access import AccessError, check_path, data_roots  # noqa: E402
-from faceattr.config import KNOWN_ARCHS, ConfigError, RunConfig  # noqa: E402
+from faceattr.run.config import KNOWN_ARCHS, ConfigError, RunConfig  # noqa: E402
 from faceattr.fsutil import write_json  # noqa: E402
-from faceattr.run.layout import RunLayout  # noqa: E402
+from faceattr.run.layout import RunLayout, sanitize_run_id  # noqa: E402
+from faceattr.run.timing import duration, run_eta  # noqa: E402
 
 HEAVY = ("torch", "torchvision", "pandas", "sklearn")
 
@@ -252,11 +253,11 @@ def test_score_request_outside_the_roots_is_refused_before_reading(data_root, mo
 
 # -- run context and early stopping -------------------------------------------------------------
 def test_run_ids_become_safe_folder_names():
-    name = orchestrate.sanitize_run_id("manual__2025-01-02T03:04:05.678+00:00")
+    name = sanitize_run_id("manual__2025-01-02T03:04:05.678+00:00")
     assert name == "manual__2025-01-02T03-04-05.678-00-00"
-    assert orchestrate.sanitize_run_id("../../etc") == "etc"
+    assert sanitize_run_id("../../etc") == "etc"
     with pytest.raises(ValueError, match="run id"):
-        orchestrate.sanitize_run_id("/..")
+        sanitize_run_id("/..")
 
 
 def test_unknown_conf_keys_are_refused():
@@ -277,8 +278,8 @@ def test_skip_reason_for_epochs_past_the_run_and_early_stop(tmp_path):
 
 
 def test_the_dag_stops_where_fit_stops(tmp_path):
-    """skip_reason applies the one stopping rule (faceattr.engine.selection) to every epoch before K."""
-    from faceattr.engine.selection import stop_reason
+    """skip_reason applies the one stopping rule (faceattr.run.selection) to every epoch before K."""
+    from faceattr.run.selection import stop_reason
 
     layout = RunLayout(tmp_path)
     history = {1: 0.80, 2: 0.85, 3: 0.84, 4: 0.86, 5: 0.85, 6: 0.85}
@@ -362,6 +363,6 @@ def test_a_skipped_epoch_says_why_in_its_first_log_line(data_root, caplog):
 
 def test_the_run_eta_is_the_mean_epoch_times_the_epochs_left():
     config = RunConfig(epochs=5)
-    assert orchestrate.run_eta(config, {}, 1) is None  # nothing measured yet
-    assert orchestrate.run_eta(config, {1: 10.0, 2: 20.0}, 3) == pytest.approx(45.0)  # epochs 3, 4, 5 left
-    assert orchestrate.duration(45) == "45 s" and orchestrate.duration(3725) == "1 h 02 min"
+    assert run_eta(config, {}, 1) is None  # nothing measured yet
+    assert run_eta(config, {1: 10.0, 2: 20.0}, 3) == pytest.approx(45.0)  # epochs 3, 4, 5 left
+    assert duration(45) == "45 s" and duration(3725) == "1 h 02 min"

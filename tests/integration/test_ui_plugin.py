@@ -64,7 +64,7 @@ def trained(tmp_path_factory):
         assert bag.import_errors == {}
         dag_run = bag.dags["faceattr_train"].test(run_conf=conf)
         assert getattr(dag_run.state, "value", dag_run.state) == "success"
-        from faceattr.orchestration.tasks import sanitize_run_id
+        from faceattr.run.layout import sanitize_run_id
 
         run_dir = home / "runs" / sanitize_run_id(dag_run.run_id)
         yield {"home": home, "env": env, "dag_run_id": dag_run.run_id, "run_id": run_dir.name, "run_dir": run_dir}

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from faceattr.config import RunConfig
+from faceattr.run.config import RunConfig
 from faceattr.engine.evaluate import majority_classes, summarise
 from faceattr.fsutil import read_json, write_json
 from faceattr.attributes import ATTRIBUTES

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy.exc import IntegrityError
 
 from faceattr.attributes import ATTRIBUTES
-from faceattr.config import RunConfig
+from faceattr.run.config import RunConfig
 from faceattr.data.layout import ATTR_FILE, celeba_dir
 from faceattr.run import metrics
 from faceattr.run.layout import RunLayout

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import inspect, text
 from sqlalchemy.exc import IntegrityError
 
-from faceattr.config import RunConfig
+from faceattr.run.config import RunConfig
 from faceattr.attributes import ATTRIBUTES
 from faceattr.run.layout import RunLayout
 from faceattr.store import registry

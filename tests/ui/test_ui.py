@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from faceattr.attributes import ATTRIBUTES
-from faceattr.config import RunConfig
+from faceattr.run.config import RunConfig
 from faceattr.engine.evaluate import get_accuracy, majority_classes, summarise
 from faceattr.fsutil import write_json
 from faceattr.run import metrics
@@ -135,7 +135,7 @@ def test_malformed_run_ids_are_refused(run_id):
 
 
 def test_every_folder_name_of_an_airflow_run_id_is_a_valid_run_id():
-    from faceattr.orchestration.tasks import sanitize_run_id
+    from faceattr.run.layout import sanitize_run_id
 
     for dag_run_id in ("manual__2025-01-02T03:04:05.678+00:00", "x" * 250, "scheduled__a b/c"):
         assert data.check_run_id(sanitize_run_id(dag_run_id))

@@ -8,7 +8,7 @@ from dataclasses import fields
 import jsonschema
 import pytest
 
-from faceattr.config import ConfigError, RunConfig, save_or_check
+from faceattr.run.config import ConfigError, RunConfig, save_or_check
 
 
 def test_defaults_are_the_write_up_recipe():

@@ -1,10 +1,10 @@
-"""faceattr.engine.selection: the best-epoch rule, patience, and the ranking figure read from val metrics."""
+"""faceattr.run.selection: the best-epoch rule, patience, and the ranking figure read from val metrics."""
 from __future__ import annotations
 
 import pytest
 
-from faceattr.config import RunConfig
-from faceattr.engine import selection
+from faceattr.run.config import RunConfig
+from faceattr.run import selection
 from faceattr.run import metrics
 
 
