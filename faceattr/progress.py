@@ -11,6 +11,8 @@ import sys
 import time
 from typing import Callable
 
+from tqdm import tqdm
+
 log = logging.getLogger(__name__)
 
 
@@ -28,8 +30,6 @@ class Progress:
         self._logged = -1  # the `done` of the last line logged
         self._bar = None
         if enabled and (sys.stderr.isatty() if tty is None else tty):
-            from tqdm import tqdm
-
             binary = unit == "B"
             self._bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=True, unit_divisor=1024 if binary else 1000,
                              dynamic_ncols=True, leave=False)

@@ -45,7 +45,7 @@ def artifacts_url() -> str | None:
 
 
 def _filesystem(url: str, storage_options: dict[str, Any] | None):
-    import fsspec
+    import fsspec  # only with FACEATTR_ARTIFACTS set: every task imports this module, and fsspec is the s3 extra
 
     if "://" not in url:
         raise ArtifactError(f"{ENV}: {url!r} is not a URL such as s3://bucket/prefix")

@@ -20,6 +20,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+# matplotlib's object API with the Agg canvas: no pyplot global state, no display needed.
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
 from faceattr.fsutil import read_json
 from faceattr.attributes import ATTRIBUTES
 from faceattr.run.layout import RunLayout
@@ -85,8 +90,6 @@ def _epoch_table(epochs: list[dict[str, Any]]) -> str:
 
 
 def _attribute_table(test: dict[str, Any]) -> str:
-    import pandas as pd
-
     table = pd.DataFrame.from_dict(test["attributes"], orient="index").loc[list(ATTRIBUTES)]
     table = table[["accuracy", "balanced_accuracy", "f1", "majority_baseline", "threshold"]]
     table.index.name = "attribute"
@@ -105,10 +108,6 @@ def _png(figure) -> bytes:
 
 
 def _epoch_plot(epochs: list[dict[str, Any]], best: dict | None) -> bytes:
-    # matplotlib's object API with the Agg canvas: no pyplot global state, no display needed.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     figure = Figure(figsize=(7, 4.5), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
@@ -131,9 +130,6 @@ def _epoch_plot(epochs: list[dict[str, Any]], best: dict | None) -> bytes:
 
 
 def _attribute_plot(test: dict[str, Any]) -> bytes:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     names = list(ATTRIBUTES)
     accuracy = [test["attributes"][n]["accuracy"] for n in names]
     baseline = [test["attributes"][n]["majority_baseline"] for n in names]
