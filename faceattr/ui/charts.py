@@ -25,6 +25,7 @@ class Series:
     dash: str = ""  # an SVG stroke-dasharray: tells overlaid runs apart where their curves coincide
     marker: str = "circle"  # one of MARKERS
     point_labels: dict[float, str] = field(default_factory=dict)  # x -> what a point's tooltip names it
+    width: float = 2.0  # line width; markers grow with it (an overlay draws earlier series wider, under later ones)
 
 
 LEGEND_CHARS = 44
@@ -127,9 +128,9 @@ def line_chart(series: Sequence[Series], *, title: str, x_label: str, y_label: s
         dash = f' stroke-dasharray="{pattern}"' if pattern else ""
         label = html.escape(item.label)
         parts.append(f'<g class="series" data-label="{label}"><path d="{path}" fill="none" stroke="{color}" '
-                     f'stroke-width="2"{dash}/>')
+                     f'stroke-width="{item.width:g}"{dash}/>')
         for x, y in points if item.markers else []:
-            radius = 5.5 if x in item.highlight else 3.2
+            radius = 5.5 if x in item.highlight else 3.2 + (item.width - 2.0)
             ring = ' fill="white" stroke-width="2.5"' if x in item.highlight else f' fill="{color}"'
             where = html.escape(item.point_labels[x]) if x in item.point_labels else f"{x_name} {_label(x)}"
             parts.append(marker(item.marker, px(x), py(y), radius, f' stroke="{color}"{ring}',

@@ -14,9 +14,10 @@ def compare_page(runs: list[dict[str, Any]]) -> str:
     labels = {r["id"]: f"{i + 1}: {r.get('name') or r['id']}" for i, r in enumerate(runs)}
 
     def overlay(key: str, title: str, y_label: str, chart_id: str) -> str:
+        # Earlier runs drawn wider, later ones dashed on top: where curves coincide, each still shows.
         return line_chart([Series(labels[r["id"]], r["curves"].get(key, []), PALETTE[i % len(PALETTE)],
-                                  dash=DASHES[i % len(DASHES)], marker=MARKERS[i % len(MARKERS)])
-                           for i, r in enumerate(runs)], title=title, x_label="epoch", y_label=y_label,
+                                  dash=DASHES[i % len(DASHES)], marker=MARKERS[i % len(MARKERS)],
+                                  width=2.0 + 1.5 * (len(runs) - 1 - i)) for i, r in enumerate(runs)], title=title, x_label="epoch", y_label=y_label,
                           chart_id=chart_id)
 
     def settings(run: dict[str, Any]) -> dict[str, Any]:

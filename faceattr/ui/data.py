@@ -24,7 +24,7 @@ from faceattr.data.access import AccessError, check_path
 from faceattr.run import artifacts, metrics
 from faceattr.run.config import ConfigError, RunConfig
 from faceattr.run.layout import RUN_FOLDER_NAME, RunLayout
-from faceattr.run.selection import best_epoch, ranking_measure, rule_text, validation_scores
+from faceattr.run.selection import ranking_measure, rule_text, validation_scores
 from faceattr.run.timing import duration, epoch_seconds, now, run_eta
 from faceattr.store import queries
 from faceattr.store.registry import set_difference
@@ -53,7 +53,6 @@ SUBGROUPS = (("Male", "women", "men"), ("Young", "not young", "young"))
 # split as large as validation; the others read and write small files.
 AFTER_EPOCHS = ("select_best", "test", "report", "publish_model", "score_private")
 LIGHT_STAGE_SECONDS = 10.0
-_val_losses: dict[tuple, float] = {}  # (npz path, mtime, size, loss kind) -> validation loss
 
 
 class NotFound(LookupError):
@@ -161,29 +160,10 @@ def runs_table(store) -> list[dict[str, Any]]:
     return rows
 
 
-def validation_loss(path: Path, kind: str) -> float | None:
-    """The training loss (`kind`: mse or bce, without pos_weight) of a validation pass, from its
-    kept raw scores (RUN/metrics/val_epoch_K.npz): what train loss is compared with. Cached per file."""
-    try:
-        stat = path.stat()
-    except OSError:
-        return None
-    key = (str(path), stat.st_mtime_ns, stat.st_size, kind)
-    if key not in _val_losses:
-        with np.load(path) as saved:
-            scores, labels = saved["scores"].astype(np.float64), saved["labels"].astype(np.float64)
-        if kind == "bce":  # on logits, targets 0/1
-            loss = np.logaddexp(0.0, scores) - scores * (labels > 0)
-        else:
-            loss = (scores - labels) ** 2
-        _val_losses[key] = float(np.nanmean(loss))
-    return _val_losses[key]
-
-
 def curves(run: dict[str, Any], folder: Path | None = None) -> dict[str, list[tuple[float, float]]]:
     """Per-epoch series of a run from the store (train loss and accuracy, validation, baseline,
-    images/s) and, from its folder: validation loss, learning rate, and training loss within each
-    epoch (x = epoch - 1 + fraction of its batches)."""
+    images/s) and, from its folder's metrics: validation loss, learning rate, and training loss
+    within each epoch (x = epoch - 1 + fraction of its batches)."""
     def series(key: str) -> list[tuple[float, float]]:
         return [(e["epoch"], float(e[key])) for e in run["epochs"] if e.get(key) is not None]
 
@@ -192,13 +172,10 @@ def curves(run: dict[str, Any], folder: Path | None = None) -> dict[str, list[tu
     found.update(val_loss=[], lr=[], batch_loss=[])
     if folder is None:
         return found
-    kind = (run.get("config") or {}).get("loss") or "mse"
-    layout = RunLayout(folder)
-    for epoch in sorted(e["epoch"] for e in run["epochs"] if e["val_mean_accuracy"] is not None):
-        loss = validation_loss(layout.scores("val", epoch), kind)
-        if loss is not None:
-            found["val_loss"].append((epoch, loss))
-    for epoch, figures in sorted(metrics.all_epoch_metrics(folder)["train"].items()):
+    written = metrics.all_epoch_metrics(folder)
+    found["val_loss"] = [(epoch, float(figures["loss"])) for epoch, figures in written["val"].items()
+                         if isinstance(figures.get("loss"), (int, float))]
+    for epoch, figures in written["train"].items():
         if isinstance(figures.get("lr"), (int, float)):
             found["lr"].append((epoch, float(figures["lr"])))
         batches, points = figures.get("batches"), figures.get("batch_losses") or []
@@ -282,11 +259,9 @@ def selection(run: dict[str, Any], config: RunConfig | None, folder: Path | None
     if measure != "mean_accuracy" and folder is not None:
         ranked = validation_scores(folder, config, sorted(validated))
     rule = rule_text(config or RunConfig())  # an unreadable config: the default rule, by mean accuracy
-    model = run["model"]  # the store's selected_model
-    chosen = model["epoch"] if model else None
+    # The store's answer: the selected model's epoch, else the best validated so far by the same rule.
     return {
-        "measure": measure, "rule": rule, "chosen": chosen is not None,
-        "winner": chosen if chosen is not None else (best_epoch(ranked) if ranked else None),
+        "measure": measure, "rule": rule, "chosen": run["model"] is not None, "winner": run["best_epoch"],
         "rows": [{"epoch": epoch, "val_mean_accuracy": validated[epoch], "ranked_by": ranked.get(epoch),
                   "majority_baseline": next((e["val_majority_baseline"] for e in run["epochs"] if e["epoch"] == epoch),
                                             None)} for epoch in sorted(validated)],

@@ -42,7 +42,7 @@ def trend_chart(trend: list[dict[str, Any]]) -> str:
     points = [(float(i + 1), row["test_mean_accuracy"]) for i, row in enumerate(trend)]
     names = {float(i + 1): f"{row['run_id']} ({row['state']}, started {when(row['started_at'])})"
              for i, row in enumerate(trend)}
-    ticks = {float(i + 1): row["started_at"].strftime("%m-%d") for i, row in enumerate(trend)}
+    ticks = {float(i + 1): row["started_at"].strftime("%m-%d %H:%M") for i, row in enumerate(trend)}
     champion = {float(i + 1) for i, row in enumerate(trend) if row["champion"]}
     return line_chart([Series("test mean accuracy", points, PALETTE[0], highlight=champion, point_labels=names)],
                       title="Test accuracy of each published run, by start (ring: champion)", x_label="run started",
@@ -68,14 +68,14 @@ def models_page(view: dict[str, Any]) -> str:
         action = "" if row["champion"] else action_button(
             "promote", f"{MODELS_URL}/promote", {"run_id": row["run_id"], "epoch": row["epoch"]})
         note = "" if row["comparable_with_champion"] else \
-            f'<div class="sub">not comparable with the champion: {esc(row["difference"])}</div>'
+            f'<span class="sub">not comparable with the champion: {esc(row["difference"])}</span>'
         lines.append(
             "<tr>" + td(run_cell(row["run_id"], row.get("name")), sort=row["run_id"], raw=True)
             + td(row["epoch"], numeric=True) + td(state_mark(row["state"]), sort=row["state"], raw=True)
             + td(num(row["test_mean_accuracy"]), numeric=True) + td(num(row["val_mean_accuracy"]), numeric=True)
             + td(f'{esc(row["eval_set_text"])}{note}', sort=row["eval_set_text"], raw=True)
             + td(f'{esc(row["reason"])}{details_list(row["details"])}', sort=row["reason"], raw=True)
-            + td(f'{esc(row["actor"])}<div class="sub">{when(row["state_at"])}</div>', sort=iso(row["state_at"]),
+            + td(f'{esc(row["actor"])}<span class="sub">{when(row["state_at"])}</span>', sort=iso(row["state_at"]),
                  raw=True)
             + td(f"{compare}{action}", raw=True) + "</tr>")
     headers = [("Run", ""), ("Epoch", "num"), ("State", ""), ("Test acc", "num"), ("Val acc", "num"),
@@ -127,7 +127,7 @@ def job_links(job: dict[str, Any]) -> str:
 def jobs_page(rows: list[dict[str, Any]]) -> str:
     lines = ["<tr>" + td(f'<a href="{job_url(j["id"])}">{esc(j["id"])}</a>', sort=j["id"], raw=True)
              + td(badge(j["status"]), sort=j["status"], raw=True)
-             + td(f'{esc(j.get("model_run_id") or "–")}<div class="sub">epoch {esc(j.get("model_epoch"))}</div>',
+             + td(f'{esc(j.get("model_run_id") or "–")}<span class="sub">epoch {esc(j.get("model_epoch"))}</span>',
                   sort=j.get("model_run_id") or "", raw=True)
              + td(digest(j["model_sha256"]), sort=j["model_sha256"] or "", raw=True)
              + td(when(j.get("started_at")), sort=iso(j.get("started_at")))
@@ -146,7 +146,7 @@ def job_page(job: dict[str, Any], drift: dict[str, Any]) -> str:
     facts = (f'<p>{badge(job["status"])} model <b>{esc(job.get("model_run_id"))}</b> epoch {esc(job.get("model_epoch"))} '
              f'(sha256 {digest(job["model_sha256"])}) · {esc(job.get("images"))} images, {esc(job.get("rows"))} rows, '
              f'{esc(job.get("errors"))} errors · started {when(job.get("started_at"))}, took {span(job["seconds"])}</p>'
-             f'<p class=muted>images {esc(job.get("input_path"))} → {esc(job.get("output_csv"))}</p>'
+             f'<p class=muted>images {esc(job.get("input_path") or "–")} → {esc(job.get("output_csv") or "–")}</p>'
              f'<p class="downloads">Downloads: {job_links(job)}</p>')
     if job.get("message"):
         facts += f'<p class="note">{esc(job["message"])}</p>'
@@ -158,6 +158,12 @@ def job_page(job: dict[str, Any], drift: dict[str, Any]) -> str:
                "present in, beside its share among the model's training images; most moved first. Flagged: among the "
                "5 largest moves and at least 5 points — the scored images, or the model on them, differ from what it "
                "learned from.</p>")
+    flagged = [r for r in drift["rows"] if r["flagged"]]
+    if flagged:
+        summary += '<p id="drift-flagged" class="note">Moved most: ' + ", ".join(
+            f'{esc(r["attribute"])} {100 * r["scored"]:.0f}% vs {100 * r["training"]:.0f}%' for r in flagged) + "</p>"
+    elif drift["rows"] and not drift["problem"]:
+        summary += '<p id="drift-flagged">No attribute moved by 5 points or more.</p>'
     if drift["problem"]:
         summary += f'<p class="note">{esc(drift["problem"])}</p>'
     if lines:

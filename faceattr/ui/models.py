@@ -47,12 +47,14 @@ def test_accuracies(store, run_id: str, epoch: int) -> dict[str, float]:
 
 
 def attribute_difference(store, champion: dict[str, Any], other: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per attribute: the champion's test accuracy, the other model's, and other minus champion."""
+    """Per attribute: the champion's test accuracy, the other model's, and other minus champion;
+    the largest differences first."""
     mine = test_accuracies(store, champion["run_id"], champion["epoch"])
     theirs = test_accuracies(store, other["run_id"], other["epoch"])
-    return [{"attribute": name, "champion": mine.get(name), "other": theirs.get(name),
+    rows = [{"attribute": name, "champion": mine.get(name), "other": theirs.get(name),
              "difference": None if name not in mine or name not in theirs else theirs[name] - mine[name]}
             for name in ATTRIBUTES if name in mine or name in theirs]
+    return sorted(rows, key=lambda row: -abs(row["difference"] or 0.0))
 
 
 def models_view(store, versus: str | None = None) -> dict[str, Any]:

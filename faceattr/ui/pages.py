@@ -40,7 +40,7 @@ td.num,th.num{text-align:right} tr.winner td{background:#e8f5e9;font-weight:600}
 .downloads a{margin-right:14px} .downloads span.off{margin-right:14px;color:#9aa5b1}
 .pos{color:#1f7a2e} .neg{color:#a61b1b} .note{background:#fffbea;border:1px solid #f7e3a1;padding:6px 10px;border-radius:4px}
 input[type=search]{padding:4px 8px;width:260px} button{padding:4px 12px}
-.scroll{overflow-x:auto;max-width:100%} .sub{font-size:11px;color:#7b8794;word-break:break-all;max-width:260px}
+.scroll{overflow-x:auto;max-width:100%} a.name{white-space:nowrap} .sub{display:block;font-size:11px;color:#7b8794;word-break:break-all;max-width:260px}
 nav.top{margin:0 0 10px;font-size:13px} nav.top a{margin-right:14px} nav.top b{margin-right:14px}
 .msg{padding:6px 10px;border-radius:4px;margin:8px 0} .msg:empty{display:none}
 .msg.ok{background:#e3f9e5;color:#1f7a2e} .msg.bad{background:#ffe3e3;color:#a61b1b} .msg.info{background:#e6f0ff;color:#0b4fa3}
@@ -151,8 +151,8 @@ def state_mark(state: str | None) -> str:
 
 def run_cell(run_id: str, name: str | None) -> str:
     """A run's link by its name, with its id (the run folder's name) below."""
-    return (f'<a href="{run_url(run_id)}" title="{esc(run_id)}">{esc(name or run_id)}</a>'
-            + (f'<div class="sub">{esc(run_id)}</div>' if name and name != run_id else ""))
+    return (f'<a class="name" href="{run_url(run_id)}" title="{esc(run_id)}">{esc(name or run_id)}</a>'
+            + (f'<span class="sub">{esc(run_id)}</span>' if name and name != run_id else ""))
 
 
 # -- Runs -----------------------------------------------------------------------------------------
@@ -173,13 +173,13 @@ def runs_page(rows: list[dict[str, Any]]) -> str:
             + td(badge(r["status"]), sort=r["status"], raw=True)
             + td(when(r["started_at"]), sort=iso(r["started_at"]))
             + td(span(r["seconds"]), sort=r["seconds"], numeric=True)
-            + td(r["arch"]) + td(r["weights"]) + td(r["split"])
+            + td(" · ".join(str(r[key]) for key in ("arch", "weights", "split") if r.get(key)))
             + td(done, sort=r["epochs_done"], numeric=True) + td(r["best_epoch"] or "–", numeric=True)
             + td(num(r["val_mean_accuracy"]), numeric=True) + td(num(r["majority_baseline"]), numeric=True)
             + td(num(r["test_mean_accuracy"]), numeric=True) + td(num(r["test_majority_baseline"]), numeric=True)
             + td(state_mark(state), sort=state or "", raw=True) + "</tr>")
-    headers = [("", ""), ("Run", ""), ("State", ""), ("Started", ""), ("Duration", "num"), ("Arch", ""),
-               ("Weights", ""), ("Split", ""), ("Epochs", "num"), ("Best epoch", "num"), ("Val acc", "num"),
+    headers = [("", ""), ("Run", ""), ("State", ""), ("Started", ""), ("Duration", "num"),
+               ("Arch · weights · split", ""), ("Epochs", "num"), ("Best epoch", "num"), ("Val acc", "num"),
                ("Val baseline", "num"), ("Test acc", "num"), ("Test baseline", "num"), ("Model", "")]
     body.append(table(headers, lines, "runs") if rows else "<p>No runs yet: trigger faceattr_train.</p>")
     return page("faceattr runs", "".join(body), "runs")
@@ -196,7 +196,7 @@ def run_charts(view: dict[str, Any]) -> str:
     ], title="Accuracy per epoch (ring: selected epoch)", x_label="epoch", y_label="accuracy", chart_id="chart-accuracy")
     loss = line_chart([Series("train loss", c["train_loss"], PALETTE[5], marker="square"),
                        Series("val loss", c.get("val_loss", []), PALETTE[0], dash="7 4")],
-                      title="Loss per epoch (val: from the kept validation scores)", x_label="epoch", y_label="loss",
+                      title="Loss per epoch: train, and on the validation split", x_label="epoch", y_label="loss",
                       chart_id="chart-loss")
     within = line_chart([Series("train loss (batches since the last point)", c.get("batch_loss", []), PALETTE[5],
                                 markers=False)],

@@ -11,6 +11,7 @@ import pytest
 from fastapi import HTTPException
 
 from faceattr.attributes import ATTRIBUTES
+from faceattr.engine.evaluate import mean_loss
 from faceattr.fsutil import read_json
 from faceattr.run import metrics
 from faceattr.run.layout import RunLayout
@@ -179,20 +180,26 @@ def test_an_unknown_run_is_a_404_that_names_nothing_else(made_run, client):
 
 def test_the_run_page_shows_registry_state_losses_and_the_report_in_the_frame(made_run):
     store, run_dir = made_run["store"], made_run["run_dir"]
-    rng = np.random.default_rng(1)
-    scores, labels = rng.normal(size=(10, 40)), np.where(rng.random((10, 40)) < 0.5, 1, -1)
-    np.savez(RunLayout(run_dir).scores("val", 1), scores=scores, labels=labels)
+    val = metrics.read_epoch_metrics(run_dir, "val", 1)
+    metrics.write_epoch_metrics(run_dir, "val", 1, {**val, "loss": 0.42})
     train = metrics.read_epoch_metrics(run_dir, "train", 1)
     metrics.write_epoch_metrics(run_dir, "train", 1, {**train, "lr": 0.003, "batches": 4,
                                                       "batch_losses": [[2, 1.5], [4, 1.2]]})
     view = data.run_view(store, "manual__ui")
-    assert view["curves"]["val_loss"] == [(1, pytest.approx(float(np.mean((scores - labels) ** 2))))]
+    assert view["curves"]["val_loss"] == [(1, 0.42)]
     assert view["curves"]["lr"] == [(1, 0.003)] and view["curves"]["batch_loss"] == [(0.5, 1.5), (1.0, 1.2)]
     assert view["registry"]["state"] == "champion" and view["registry"]["reason"] == "first published model"
     html = pages.run_page(view)
     assert 'id="registry-state"' in html and "first published model" in html
     report = html[html.index('id="report-link"') - 200:html.index('id="report-link"') + 10]
     assert "target=" not in report  # a popup is blocked in Airflow's frame: the report opens in it
+
+
+def test_a_validation_pass_records_its_loss_as_training_counts_it():
+    scores, labels = np.array([[0.5, -2.0]]), np.array([[1, -1]])
+    assert mean_loss(scores, labels, "mse") == pytest.approx((0.25 + 1.0) / 2)
+    assert mean_loss(scores, labels, "bce") == pytest.approx((np.log1p(np.exp(-0.5)) + np.log1p(np.exp(-2.0))) / 2)
+    assert mean_loss(np.array([[np.nan, 0.0]]), labels) is None
 
 
 def test_the_eta_counts_the_stages_after_the_last_epoch(made_run):
