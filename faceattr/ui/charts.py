@@ -112,7 +112,9 @@ def line_chart(series: Sequence[Series], *, title: str, x_label: str, y_label: s
                      f'<text x="{left - 6}" y="{py(tick) + 4:.1f}" text-anchor="end" class="tick">{_label(tick)}</text>')
     for tick in x_ticks:
         text = (x_tick_labels or {}).get(tick, "" if x_tick_labels else _label(tick))
-        parts.append(f'<text x="{px(tick):.1f}" y="{top + plot_h + 16}" text-anchor="middle" class="tick">'
+        # Long labels at the ends of the axis stay inside the chart.
+        anchor = "middle" if not x_tick_labels else "start" if tick == x_low else "end" if tick == x_high else "middle"
+        parts.append(f'<text x="{px(tick):.1f}" y="{top + plot_h + 16}" text-anchor="{anchor}" class="tick">'
                      f'{html.escape(text)}</text>')
     parts.append(f'<line x1="{left}" x2="{left}" y1="{top}" y2="{top + plot_h}" class="axis"/>'
                  f'<line x1="{left}" x2="{left + plot_w}" y1="{top + plot_h}" y2="{top + plot_h}" class="axis"/>'

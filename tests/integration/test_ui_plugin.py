@@ -361,7 +361,7 @@ def test_in_a_browser(server, trained):
             smiling = frame.locator("#attributes tbody tr", has_text="Smiling").inner_text()
             assert f"{tested['attributes']['Smiling']['accuracy']:.4f}" in smiling
             assert frame.locator("#subgroups tbody tr").count() == 4
-            assert frame.locator("#chart-accuracy circle").count() >= 4  # 2 epochs x (train, val)
+            assert frame.locator("#chart-accuracy g.series :is(circle, rect)").count() >= 4  # 2 epochs x (train, val)
             page.screenshot(path=str(SHOTS / "training_report_tab.png"))
 
             assert "champion" in frame.locator("#registry-state").inner_text()
@@ -388,7 +388,7 @@ def test_in_a_browser(server, trained):
                 store.upsert_epoch(run_id, 3, train_loss=0.5, train_accuracy=0.8, val_mean_accuracy=0.6543)
                 page.locator("#selection tbody tr", has_text="0.6543").wait_for(timeout=20_000)
                 assert page.evaluate("window.notReloaded === true")
-                assert page.locator("#chart-accuracy circle").count() >= 6
+                assert page.locator("#chart-accuracy g.series :is(circle, rect)").count() >= 6
                 page.screenshot(path=str(SHOTS / "run_page_live_epoch_3.png"))
                 store.sync_run_dir(run_id, run_dir, status="success")
                 page.wait_for_function("window.notReloaded !== true", timeout=20_000)  # finished: one reload
