@@ -329,13 +329,13 @@ def run_view(store, run_id: str, tasks: Iterable[dict[str, Any]] = ()) -> dict[s
     if current_run is not None and model is not None:
         difference = set_difference(model.get("eval_set"), next(
             (m.get("eval_set") for m in current_run["models"] if m["epoch"] == current["epoch"]), None))
-    downloads = {}
-    for name in DOWNLOADS:
+    downloads = {}  # link name -> its path under the run's files/ route, None when it is not there
+    for name, relative in DOWNLOADS.items():
         try:
             download_path(run, name)
-            downloads[name] = True
+            downloads[name] = relative
         except NotFound:
-            downloads[name] = False
+            downloads[name] = None
     return {
         "run": run, "config": run.get("config") or {}, "folder": str(folder) if folder else None,
         "curves": curves(run, folder), "progress": progress(run, config, folder, tasks),

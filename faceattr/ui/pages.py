@@ -356,9 +356,9 @@ def run_page(view: dict[str, Any]) -> str:
                          ("arch", "weights", "split", "epochs", "batch_size", "lr", "loss", "optimizer", "patience")
                          if key in config)
     links = []
-    for name, present in view["downloads"].items():
-        href = f"{run_url(run_id)}/files/{view.get('report_file', 'report/index.html') if name == 'report' else name}"
-        if not present:
+    for name, relative in view["downloads"].items():
+        href = f"{run_url(run_id)}/files/{quote(relative)}" if relative else ""
+        if not relative:
             links.append(f'<span class="off" title="not written (yet)">{esc(name)}</span>')
         elif name == "report":  # opens in this frame (a new window would be a blocked popup); or saved
             links.append(f'<a href="{href}" id="report-link">report</a>'
