@@ -213,6 +213,18 @@ def test_the_eta_counts_the_stages_after_the_last_epoch(made_run):
     assert data.progress(run, data.config_of(run), data.run_folder(run), done)["eta_seconds"] == 0
 
 
+def test_the_running_epoch_shows_how_far_it_is_by_the_mean_pass(made_run):
+    store = made_run["store"]
+    store.sync_run_dir("manual__ui", made_run["run_dir"], status="running")
+    run = store.run("manual__ui")
+    started = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=6)  # mean training pass: 12 s (11, 12, 13)
+    running = [{"task_id": "epoch_03.train", "state": "running", "start_date": started}]
+    current = data.progress(run, data.config_of(run), data.run_folder(run), running)["current"]
+    assert (current["epoch"], current["stage"]) == (3, "train")
+    assert 0.45 < current["fraction"] <= 0.99  # capped below 1: a pass may take longer than the mean
+    assert "Epoch 3 train" in pages.live_part(data.run_view(store, "manual__ui", running))
+
+
 def test_runs_have_names_people_tell_apart():
     started = dt.datetime(2026, 12, 7, 5, 53, 10, tzinfo=dt.timezone.utc)
     run = {"dag_run_id": "manual__2026-12-07T05:53:09.123+00:00", "started_at": started, "note": "lower lr"}
