@@ -8,9 +8,11 @@ download → split → cache_images → epoch_01 (train → validate) → epoch_
 report → publish_model → score_private (and publish_model → announce_champion)
 
 * One task group per epoch, `epoch_01` … up to `FACEATTR_MAX_EPOCHS` (set when the file is
-  parsed), each holding its `train` and `validate` tasks. A run's `epochs` below that, or early
-  stopping (`patience`), marks the remaining groups **skipped** (the reason is the task's first
-  log line) and the run goes on to selection.
+  parsed), each holding its `train` and `validate` tasks. Each `validate` also decides whether
+  the next epoch trains: a run's `epochs` below the slots, or early stopping (`patience`), ends
+  training there, and Airflow marks every remaining group **skipped** without starting a
+  process for it; the reason is the last line of that `validate` task's log. The run goes on
+  to selection.
 * GPU tasks take turns: training, validation, test and scoring run in the `gpu` pool
   (`FACEATTR_GPU_POOL`, one slot) on the queue `FACEATTR_GPU_QUEUE`. Epoch K+1 trains after
   epoch K is validated, so early stopping and the curves see every epoch as soon as it ends, and
@@ -38,6 +40,7 @@ from faceattr.orchestration import params as forms, scoring, tasks as orchestrat
 MAX_EPOCHS = settings.max_epochs()
 GPU = {"pool": settings.gpu_pool(), "queue": settings.gpu_queue()}
 MODEL_ASSET = Asset(orchestrate.MODEL_ASSET_NAME)
+EPOCH_GROUPS = orchestrate.epoch_group_ids(MAX_EPOCHS)
 
 
 @task(
@@ -61,15 +64,17 @@ def cache_images(params=None, run_id=None):
     return orchestrate.cache_images(params, run_id)
 
 
-# none_failed: an epoch after a skipped one still starts, to log why it is skipped too.
-@task(**GPU, retries=1, retry_delay=timedelta(minutes=1), trigger_rule=TriggerRule.NONE_FAILED)
+@task(**GPU, retries=1, retry_delay=timedelta(minutes=1))
 def train_epoch(epoch: int, params=None, run_id=None):
     return orchestrate.train(params, run_id, epoch)
 
 
-@task(**GPU, retries=1, retry_delay=timedelta(minutes=1))
+# A branch: it follows select_best always, and the next epoch's train only if the run goes on. An
+# epoch not followed is skipped with every later one by Airflow itself (all_success), unstarted.
+@task.branch(**GPU, retries=1, retry_delay=timedelta(minutes=1))
 def validate_epoch(epoch: int, params=None, run_id=None):
-    return orchestrate.validate(params, run_id, epoch)
+    orchestrate.validate(params, run_id, epoch)  # its figures are in the log and the store; a branch returns task ids
+    return orchestrate.after_validation(params, run_id, epoch, EPOCH_GROUPS, "select_best")
 
 
 @task(
@@ -130,15 +135,17 @@ with DAG(
     on_failure_callback=_record_failure,
 ):
     epochs = []
-    for epoch, group_id in enumerate(orchestrate.epoch_group_ids(MAX_EPOCHS), start=1):
+    for epoch, group_id in enumerate(EPOCH_GROUPS, start=1):
         with TaskGroup(group_id, tooltip=f"Epoch {epoch}: train, then validate") as group:
             train_epoch.override(
                 task_id="train",
                 doc_md=f"Trains epoch {epoch} from epoch {epoch - 1}'s checkpoint and writes "
-                       f"checkpoints/epoch_{epoch}.pt. Skipped past the run's `epochs` or on early stopping.",
+                       f"checkpoints/epoch_{epoch}.pt. Skipped, unstarted, past the run's `epochs` or on early "
+                       "stopping: the last validate task that ran says why in its log.",
             )(epoch) >> validate_epoch.override(
                 task_id="validate",
-                doc_md=f"Scores epoch {epoch}'s checkpoint on the validation split (metrics/val_epoch_{epoch}.json).",
+                doc_md=f"Scores epoch {epoch}'s checkpoint on the validation split (metrics/val_epoch_{epoch}.json), "
+                       "then decides whether the next epoch trains (select_best always follows).",
             )(epoch)
         epochs.append(group)
 

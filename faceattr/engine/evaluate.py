@@ -102,6 +102,17 @@ def summarise(scores, labels, thresholds, majority, names=ATTRIBUTES) -> dict[st
     }
 
 
+def mean_loss(scores, labels, kind: str = "mse") -> float | None:
+    """The training loss (`kind` mse or bce, without pos_weight) of scores on -1/1 labels: what a
+    validation pass would have cost in training. None when a score is not finite."""
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=np.float64)
+    if not np.isfinite(scores).all():
+        return None
+    if kind == "bce":  # on logits, targets 0/1
+        return float(np.mean(np.logaddexp(0.0, scores) - scores * (labels > 0)))
+    return float(np.mean((scores - labels) ** 2))
+
+
 def tune_thresholds(scores, labels) -> np.ndarray:
     """Per-attribute thresholds (float32, K) that maximise accuracy on (scores, labels).
 
@@ -261,6 +272,7 @@ def evaluate_epoch(run_dir: str | Path, epoch: int | str, split: str, device: st
         **summarise(scores, labels, thresholds, majority_classes(train_labels)),
         "seconds": round(seconds, 3),
         "images_per_second": round(len(scores) / seconds, 2) if seconds > 0 else None,
+        "loss": mean_loss(scores, labels, config.loss),  # beside the train loss on the Run page's chart
     }
     if split == "val" and config.tune_thresholds:
         # What this epoch would score on validation once selection tunes its thresholds there.

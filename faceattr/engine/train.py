@@ -117,9 +117,13 @@ def train_one_epoch(
     log_every_s: float = 10.0,
     channels_last: bool | None = None,
     rank: Rank = Rank.single(),
+    loss_points: int = 50,
 ) -> dict:
     """One pass over `loader`: {"loss", "accuracy", "images", "seconds", "images_per_second",
-    "warmup_s", "loop_s", "loop_images_per_second"}.
+    "warmup_s", "loop_s", "loop_images_per_second", "batches", "batch_losses"}.
+
+    "batch_losses": about `loss_points` [batch number, mean loss of the batches since the last
+    point] pairs, the curve within the epoch (one device sync per point).
 
     Loss and accuracy (outputs >= 0 vs the -1/+1 labels, averaged over all attributes) are summed
     on the device and read back only when progress is shown, so the GPU is not synced per batch.
@@ -143,6 +147,9 @@ def train_one_epoch(
         n = max(seen, 1)
         return {"loss": loss_sum.item() / n, "acc": correct_sum.item() / n}
 
+    every = max(1, (len(loader) if hasattr(loader, "__len__") else 0) // max(1, loss_points))
+    window_sum = torch.zeros((), device=device, dtype=torch.float64)
+    window_images, batch_losses, batches = 0, [], 0
     start = time.perf_counter()
     first_at, loop_start, warmup_images = None, None, 0
     for images, targets in loader:
@@ -160,6 +167,12 @@ def train_one_epoch(
         batch = targets.shape[0]
         seen += batch
         loss_sum += loss.detach().double() * batch
+        window_sum += loss.detach().double() * batch
+        window_images, batches = window_images + batch, batches + 1
+        if batches % every == 0:
+            batch_losses.append([batches, round(window_sum.item() / window_images, 6)])
+            window_sum.zero_()
+            window_images = 0
         correct_sum += ((outputs.detach() >= 0) == (targets > 0)).double().mean(dim=1).sum()
         if loop_start is None:  # the first step is done: the steady loop starts here
             synchronize(device)
@@ -181,6 +194,8 @@ def train_one_epoch(
         "warmup_s": loop_start - first_at,
         "loop_s": loop_seconds,
         "loop_images_per_second": loop_images / loop_seconds if loop_images and loop_seconds > 0 else None,
+        "batches": batches,
+        "batch_losses": batch_losses,
     }
 
 
@@ -361,7 +376,7 @@ def train_epoch(run_dir: str | Path, epoch: int, config: RunConfig, *, rank: Ran
     parts["save_s"] = time.perf_counter() - clock
     parts["task_s"] = (startup or 0.0) + time.perf_counter() - entered
     if rank.is_main:
-        write_epoch_metrics(run_dir, "train", epoch, {**stats, **parts})
+        write_epoch_metrics(run_dir, "train", epoch, {**stats, **parts, "lr": lr})
     loop_rate = stats["loop_images_per_second"]
     log.info(
         "epoch %d: loss %.4f, accuracy %.4f, %s img/s in the loop, task %.0f s (start-up %s s, load %.1f s, "

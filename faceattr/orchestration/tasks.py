@@ -253,6 +253,23 @@ def skip_reason(config: RunConfig, run_dir: Path, epoch: int) -> str | None:
     return None
 
 
+def after_validation(params: Mapping[str, Any], dag_run_id: str, epoch: int, group_ids: list[str],
+                     select_task: str) -> list[str]:
+    """What follows epoch K's validation: `select_task` always, and epoch K+1's training unless the
+    run ends here (its `epochs`, or early stopping by skip_reason). Not following K+1 is the one
+    decision that skips every later epoch group: Airflow skips them without starting them, so the
+    reason is logged here, on the last validation the run ran."""
+    follow = [select_task]
+    if epoch >= len(group_ids):
+        return follow
+    reason = skip_reason(run_context(params, dag_run_id).config, run_dir_for(params, dag_run_id), epoch + 1)
+    if reason:
+        log.info("epochs %d-%d skipped (%s to %s): %s", epoch + 1, len(group_ids), group_ids[epoch], group_ids[-1],
+                 reason)
+        return follow
+    return follow + [f"{group_ids[epoch]}.train"]
+
+
 def train(params: Mapping[str, Any], dag_run_id: str, epoch: int) -> dict:
     """Train one epoch from the previous epoch's checkpoint; raises Skip past the run's epochs or on early stop."""
     from faceattr.engine.distributed import launch_epoch  # one process, or DDP over the worker's GPUs

@@ -27,12 +27,13 @@ from typing import Any, Callable
 
 from faceattr import settings
 from faceattr.fsutil import atomic_path, file_entry, sha256_of  # one sha256 mechanism: checkpoints too
+from faceattr.run.layout import RunLayout
 
 log = logging.getLogger(__name__)
 
 ENV = settings.ARTIFACTS
 FILES, MANIFEST, TEMP = "files", "manifest", "tmp"
-LOCAL_ONLY = {"cache"}  # decoded-image cache: rebuilt per worker, never shipped
+LOCAL_ONLY = {RunLayout("").cache.name}  # decoded-image cache: rebuilt per worker, never shipped
 
 
 class ArtifactError(RuntimeError):

@@ -22,6 +22,29 @@ class Series:
     dashed: bool = False
     markers: bool = True
     highlight: set[float] = field(default_factory=set)  # x values drawn as a larger ring (the best epoch)
+    dash: str = ""  # an SVG stroke-dasharray: tells overlaid runs apart where their curves coincide
+    marker: str = "circle"  # one of MARKERS
+    point_labels: dict[float, str] = field(default_factory=dict)  # x -> what a point's tooltip names it
+    width: float = 2.0  # line width; markers grow with it (an overlay draws earlier series wider, under later ones)
+
+
+LEGEND_CHARS = 44
+MARKERS = ("circle", "square", "triangle", "diamond")
+DASHES = ("", "7 4", "2 3", "9 3 2 3")  # solid, dashed, dotted, dash-dot
+
+
+def marker(shape: str, x: float, y: float, radius: float, style: str, title: str) -> str:
+    """One point's marker (a circle, square, triangle or diamond) with its tooltip."""
+    if shape == "square":
+        body = f'<rect x="{x - radius:.1f}" y="{y - radius:.1f}" width="{2 * radius:.1f}" height="{2 * radius:.1f}"'
+    elif shape in ("triangle", "diamond"):
+        corners = ([(x, y - radius * 1.2), (x + radius * 1.1, y + radius * 0.8), (x - radius * 1.1, y + radius * 0.8)]
+                   if shape == "triangle" else
+                   [(x, y - radius * 1.3), (x + radius * 1.3, y), (x, y + radius * 1.3), (x - radius * 1.3, y)])
+        body = '<polygon points="' + " ".join(f"{a:.1f},{b:.1f}" for a, b in corners) + '"'
+    else:
+        body = f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{radius}"'
+    return f"{body}{style}><title>{title}</title></{body.split()[0][1:]}>"
 
 
 def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
@@ -44,10 +67,19 @@ def _label(value: float) -> str:
 
 def line_chart(series: Sequence[Series], *, title: str, x_label: str, y_label: str, width: int = 470,
                height: int = 280, y_range: tuple[float, float] | None = None, integer_x: bool = True,
-               chart_id: str = "") -> str:
+               chart_id: str = "", x_tick_labels: dict[float, str] | None = None, x_name: str = "epoch") -> str:
     """An SVG line chart of `series` (empty series are skipped; no data gives a placeholder)."""
     drawn = [s for s in series if s.points]
-    left, right, top, bottom = 56, 14, 28, 62  # the legend sits below the plot, never over a curve
+    # The legend sits below the plot, never over a curve, in as many rows as its entries need.
+    place, row, x_at = [], 0, 56
+    for item in drawn:
+        needed = 40 + 6.2 * len(item.label[:LEGEND_CHARS])
+        if x_at + needed > width - 8 and x_at > 56:
+            row, x_at = row + 1, 56
+        place.append((x_at, row))
+        x_at += needed
+    height += 15 * row
+    left, right, top, bottom = 56, 14, 28, 62 + 15 * row
     plot_w, plot_h = width - left - right, height - top - bottom
     attrs = f'id="{html.escape(chart_id)}" ' if chart_id else ""
     head = (f'<svg {attrs}class="chart" role="img" aria-label="{html.escape(title)}" viewBox="0 0 {width} {height}" '
@@ -79,33 +111,40 @@ def line_chart(series: Sequence[Series], *, title: str, x_label: str, y_label: s
         parts.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{py(tick):.1f}" y2="{py(tick):.1f}" class="grid"/>'
                      f'<text x="{left - 6}" y="{py(tick) + 4:.1f}" text-anchor="end" class="tick">{_label(tick)}</text>')
     for tick in x_ticks:
-        parts.append(f'<text x="{px(tick):.1f}" y="{top + plot_h + 16}" text-anchor="middle" class="tick">'
-                     f'{_label(tick)}</text>')
+        text = (x_tick_labels or {}).get(tick, "" if x_tick_labels else _label(tick))
+        # Long labels at the ends of the axis stay inside the chart.
+        anchor = "middle" if not x_tick_labels else "start" if tick == x_low else "end" if tick == x_high else "middle"
+        parts.append(f'<text x="{px(tick):.1f}" y="{top + plot_h + 16}" text-anchor="{anchor}" class="tick">'
+                     f'{html.escape(text)}</text>')
     parts.append(f'<line x1="{left}" x2="{left}" y1="{top}" y2="{top + plot_h}" class="axis"/>'
                  f'<line x1="{left}" x2="{left + plot_w}" y1="{top + plot_h}" y2="{top + plot_h}" class="axis"/>'
                  f'<text x="{left + plot_w / 2}" y="{top + plot_h + 32}" text-anchor="middle" class="axis-label">'
                  f'{html.escape(x_label)}</text>'
                  f'<text transform="translate(14 {top + plot_h / 2}) rotate(-90)" text-anchor="middle" '
                  f'class="axis-label">{html.escape(y_label)}</text>')
-    legend_x = left
     for index, item in enumerate(drawn):
         color = item.color or PALETTE[index % len(PALETTE)]
         points = [(x, y) for x, y in item.points if math.isfinite(y)]
         path = " ".join(f"{'M' if i == 0 else 'L'}{px(x):.1f},{py(y):.1f}" for i, (x, y) in enumerate(points))
-        dash = ' stroke-dasharray="5 4"' if item.dashed else ""
+        pattern = item.dash or ("5 4" if item.dashed else "")
+        dash = f' stroke-dasharray="{pattern}"' if pattern else ""
         label = html.escape(item.label)
         parts.append(f'<g class="series" data-label="{label}"><path d="{path}" fill="none" stroke="{color}" '
-                     f'stroke-width="2"{dash}/>')
+                     f'stroke-width="{item.width:g}"{dash}/>')
         for x, y in points if item.markers else []:
-            radius = 5.5 if x in item.highlight else 3
+            radius = 5.5 if x in item.highlight else 3.2 + (item.width - 2.0)
             ring = ' fill="white" stroke-width="2.5"' if x in item.highlight else f' fill="{color}"'
-            parts.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="{radius}" stroke="{color}"{ring}>'
-                         f'<title>{label}, epoch {_label(x)}: {y:.4f}</title></circle>')
+            where = html.escape(item.point_labels[x]) if x in item.point_labels else f"{x_name} {_label(x)}"
+            parts.append(marker(item.marker, px(x), py(y), radius, f' stroke="{color}"{ring}',
+                                f"{label}, {where}: {y:.4f}"))
         parts.append("</g>")
-        legend_y = height - 6
-        parts.append(f'<line x1="{legend_x}" x2="{legend_x + 18}" y1="{legend_y - 4}" y2="{legend_y - 4}" '
-                     f'stroke="{color}" stroke-width="2"{dash}/><text x="{legend_x + 22}" y="{legend_y}" '
-                     f'class="legend">{html.escape(item.label[:28])}</text>')
-        legend_x += 34 + 6.5 * len(item.label[:28])
+        legend_x, legend_y = place[index][0], top + plot_h + 48 + 15 * place[index][1]
+        parts.append(f'<line x1="{legend_x}" x2="{legend_x + 22}" y1="{legend_y - 4}" y2="{legend_y - 4}" '
+                     f'stroke="{color}" stroke-width="2"{dash}/>')
+        if item.markers:
+            parts.append(marker(item.marker, legend_x + 11, legend_y - 4, 3.2, f' stroke="{color}" fill="{color}"',
+                                label))
+        parts.append(f'<text x="{legend_x + 27}" y="{legend_y}" class="legend">'
+                     f'{html.escape(item.label[:LEGEND_CHARS])}</text>')
     parts.append("</svg>")
     return "".join(parts)

@@ -23,6 +23,8 @@ class FaceattrPlugin(AirflowPlugin):
 
     @property
     def fastapi_apps(self) -> list[dict]:  # type: ignore[override]
+        # Here, not at the top: the app loads FastAPI and Airflow's API security code, which only the
+        # API server needs; every other Airflow process imports this module too.
         from faceattr.ui.app import app
 
         # "name" is required: without it Airflow's plugin listing drops the whole plugin (no nav, no tab).

@@ -14,7 +14,8 @@ from faceattr.engine.train import AttributeLoss, make_loss, make_optimizer, make
 
 
 CHECKPOINT_KEYS = {"model", "optimizer", "scheduler", "rng", "epoch", "config", "train"}
-TRAIN_KEYS = {"loss", "accuracy", "images", "seconds", "images_per_second", "warmup_s", "loop_s", "loop_images_per_second"}
+TRAIN_KEYS = {"loss", "accuracy", "images", "seconds", "images_per_second", "warmup_s", "loop_s", "loop_images_per_second",
+              "batches", "batch_losses"}
 # What an epoch task cost besides the loop, in the metrics file (see train_epoch).
 TASK_PARTS = {"startup_s", "load_s", "upload_s", "compile_s", "recalibration_s", "save_s", "task_s"}
 
@@ -203,6 +204,10 @@ def test_train_one_epoch_reports_loss_and_accuracy_of_what_it_saw(caplog):
     with torch.no_grad():
         outputs = model(images)
     assert set(stats) == TRAIN_KEYS and stats["images"] == 20
+    # The loss within the epoch: here every batch (3 of 8, 8, 4 images), each point its batch's loss.
+    assert stats["batches"] == 3 and [batch for batch, _ in stats["batch_losses"]] == [1, 2, 3]
+    for (batch, loss), rows in zip(stats["batch_losses"], (slice(0, 8), slice(8, 16), slice(16, 20))):
+        assert loss == pytest.approx(((outputs[rows] - targets[rows]) ** 2).mean().item(), rel=1e-4)
     assert stats["loss"] == pytest.approx(((outputs - targets) ** 2).mean().item(), rel=1e-5)
     assert stats["accuracy"] == pytest.approx(((outputs >= 0) == (targets > 0)).float().mean().item())
     assert stats["images_per_second"] > 0
@@ -311,6 +316,7 @@ def test_epoch_1_writes_the_contract_checkpoint_and_metrics(tiny_run):
     assert any(name.startswith("fc.") for name in checkpoint["model"])
     metrics = json.loads((run / "metrics" / "train_epoch_1.json").read_text())
     parts = {k: metrics.pop(k) for k in TASK_PARTS}
+    assert metrics.pop("lr") == pytest.approx(config.lr)  # the rate this epoch trained at
     assert metrics == {"epoch": 1, "split": "train", **checkpoint["train"]}
     assert parts["compile_s"] == 0.0 and parts["recalibration_s"] < 1  # neither compiled nor recalibrated
     assert all(parts[k] >= 0 for k in TASK_PARTS - {"startup_s"})

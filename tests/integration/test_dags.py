@@ -66,7 +66,8 @@ def test_train_dag_tasks_and_dependencies(dagbag):
     # Epoch K+1 trains after epoch K is validated: the doc says GPU tasks take turns, never overlap.
     assert all(upstream[trains[k + 1]] == {validates[k]} for k in range(MAX_EPOCHS - 1))
     assert all(upstream[v] == {t} for t, v in zip(trains, validates))
-    assert all(dag.get_task(t).trigger_rule == TriggerRule.NONE_FAILED for t in trains[1:])  # each logs its skip
+    # A validate decides whether the next epoch trains; later epochs are skipped by Airflow, unstarted.
+    assert all(dag.get_task(t).trigger_rule == TriggerRule.ALL_SUCCESS for t in trains)
     assert upstream["select_best"] == set(validates)
     assert upstream["score_private"] == upstream["announce_champion"] == {"publish_model"}
     assert dag.get_task("select_best").trigger_rule == TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS
@@ -350,6 +351,18 @@ def test_split_refuses_the_folder_of_another_dag_run(data_root, tmp_path, monkey
     with pytest.raises(orchestrate.Refused, match="belongs to DAG run 'manual__a:b'"):
         orchestrate.split(params, "manual__a-b")
     orchestrate.refuse_another_dag_runs_folder(run)  # its own folder: a retry of split goes on
+
+
+def test_the_last_validation_of_a_run_follows_only_selection_and_says_why(data_root, caplog):
+    caplog.set_level("INFO", logger="faceattr.orchestration.tasks")
+    params = _params(root=str(data_root), output=str(data_root / "runs"), epochs=2)
+    groups = orchestrate.epoch_group_ids(12)
+    assert orchestrate.after_validation(params, "manual__1", 1, groups, "select_best") == ["select_best",
+                                                                                           "epoch_02.train"]
+    assert orchestrate.after_validation(params, "manual__1", 2, groups, "select_best") == ["select_best"]
+    assert orchestrate.after_validation(params, "manual__1", 12, groups, "select_best") == ["select_best"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "faceattr.orchestration.tasks"]
+    assert lines == ["epochs 3-12 skipped (epoch_03 to epoch_12): this run trains 2 epoch(s)"]
 
 
 def test_a_skipped_epoch_says_why_in_its_first_log_line(data_root, caplog):

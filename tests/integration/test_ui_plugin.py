@@ -1,12 +1,15 @@
 """The faceattr plugin in a real Airflow API server, with a real training run, seen by a real browser.
 
 A tiny faceattr_train run (synthetic data, resnet18 head on the CPU, 2 of 3 epoch groups) runs
-under dag.test(); then `airflow api-server` serves the same metadata DB, run store and data roots,
-with the plugin found through its entry point. The HTTP checks need no browser: every plugin
-route refuses a missing (401) or bad (403) credential, and downloads never leave the run folder.
-The browser checks drive Debian's Chromium through Python playwright (`executable_path`; nothing
-is downloaded): log in, open the faceattr nav page and the run's "Training report" tab, compare
-the figures shown with the run folder's, download model.pt, and save screenshots.
+under dag.test(), and a worse copy of it is published beside it (a challenger, with the gate's
+reason); then `airflow api-server` serves the same metadata DB, run store and data roots, with
+the plugin found through its entry point. The HTTP checks need no browser: every plugin route
+refuses a missing (401) or bad (403) credential, downloads never leave the run folder, and a
+viewer cannot promote. The browser checks drive Debian's Chromium through Python playwright
+(`executable_path`; nothing is downloaded): log in, open the faceattr nav page and the run's
+"Training report" tab, compare the figures shown with the run folder's, download model.pt and a
+scoring CSV, sort every column, compare two runs, promote and roll back from the Models page,
+and save screenshots.
 
 Screenshots: test-artifacts/ui/*.png in the checkout (FACEATTR_TEST_ARTIFACTS=DIR puts them in DIR/ui).
 Without Chromium (FACEATTR_CHROMIUM, default /usr/bin/chromium) or playwright the browser test
@@ -22,6 +25,7 @@ import subprocess
 import urllib.error
 import urllib.parse
 import urllib.request
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -36,12 +40,30 @@ from airflow.dag_processing.dagbag import DagBag  # noqa: E402
 
 from faceattr.attributes import ATTRIBUTES  # noqa: E402
 from faceattr.run import metrics  # noqa: E402
-from faceattr.run.layout import RunLayout  # noqa: E402
+from faceattr.run.layout import RunLayout, sanitize_run_id  # noqa: E402
+from faceattr.store import queries, registry  # noqa: E402
+from faceattr.store.store import Store  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 CHROMIUM = Path(os.environ.get("FACEATTR_CHROMIUM", "/usr/bin/chromium"))
 SHOTS = Path(os.environ.get("FACEATTR_TEST_ARTIFACTS") or REPO / "test-artifacts") / "ui"
+# Clicks every sortable header of a table twice and says where a column is not in order (missing
+# values, shown as "–", always last): the page's own sort must agree with a plain comparison.
+SORT_CHECK = """table => { const problems = [];
+  [...table.tHead.rows[0].cells].forEach((th, i) => { if (!th.hasAttribute('data-sort')) return;
+    for (const dir of ['asc', 'desc']) { th.click();
+      const numeric = th.classList.contains('num');
+      const keys = [...table.tBodies[0].rows].map(r => { const c = r.children[i];
+        const v = (c.dataset.value ?? c.textContent).trim();
+        if (numeric) { const n = parseFloat(v); return isNaN(n) ? null : n; }
+        return v === '' || v === '\u2013' ? null : v.toLowerCase(); });
+      const present = keys.filter(k => k !== null);
+      if (keys.slice(present.length).some(k => k !== null)) problems.push(th.textContent + ' ' + dir + ': a gap first');
+      for (let k = 1; k < present.length; k++)
+        if (dir === 'asc' ? present[k - 1] > present[k] : present[k - 1] < present[k])
+          problems.push(th.textContent + ' ' + dir + ': ' + present[k - 1] + ' before ' + present[k]); } });
+  return problems; }"""
 
 
 @pytest.fixture(scope="module")
@@ -64,20 +86,45 @@ def trained(tmp_path_factory):
         assert bag.import_errors == {}
         dag_run = bag.dags["faceattr_train"].test(run_conf=conf)
         assert getattr(dag_run.state, "value", dag_run.state) == "success"
-        from faceattr.run.layout import sanitize_run_id
-
         run_dir = home / "runs" / sanitize_run_id(dag_run.run_id)
-        yield {"home": home, "env": env, "dag_run_id": dag_run.run_id, "run_id": run_dir.name, "run_dir": run_dir}
+        # Past the run's 2 epochs, the third group is skipped by Airflow without starting a task.
+        third = [ti for ti in dag_run.get_task_instances() if ti.task_id.startswith("epoch_03.")]
+        assert {state(ti.state) for ti in third} == {"skipped"} and not any(ti.hostname for ti in third), \
+            [(ti.task_id, ti.hostname) for ti in third]
+        worse = publish_a_worse_copy(run_dir)
+        yield {"home": home, "env": env, "dag_run_id": dag_run.run_id, "run_id": run_dir.name, "run_dir": run_dir,
+               "worse_id": worse.name}
+
+
+def state(value) -> str | None:
+    return getattr(value, "value", value)
+
+
+def publish_a_worse_copy(run_dir: Path) -> Path:
+    """A second run, the first's folder with test figures 3 points lower: the gate keeps it a challenger."""
+    worse = run_dir.parent / "manual__worse_copy"
+    shutil.copytree(run_dir, worse)
+    tested = metrics.read_epoch_metrics(worse, "test", metrics.read_best(worse)["epoch"])
+    tested["mean_accuracy"] -= 0.03
+    metrics.write_epoch_metrics(worse, "test", tested["epoch"], tested)
+    with Store.from_env() as store:
+        store.sync_run_dir(worse.name, worse, status="success", dag_run_id=worse.name,
+                           started_at=datetime.now(timezone.utc))  # the newer run: first on the Runs page
+        published = registry.publish(store, worse, actor=f"faceattr_train {worse.name}")
+    assert published["state"] == "challenger" and "does not beat" in published["reason"], published
+    return worse
 
 
 class ApiServer(AirflowClient):
-    def get(self, path: str, *, token: str | None = None, cookie: str | None = None) -> tuple[int, bytes]:
-        headers = {}
+    def get(self, path: str, *, token: str | None = None, cookie: str | None = None, method: str = "GET",
+            headers: dict | None = None) -> tuple[int, bytes]:
+        headers = dict(headers or {})
         if token:
             headers["Authorization"] = f"Bearer {token}"
         if cookie:
             headers["Cookie"] = f"_token={cookie}"
-        request = urllib.request.Request(self.url + path, headers=headers)
+        request = urllib.request.Request(self.url + path, headers=headers, method=method,
+                                         data=b"{}" if method == "POST" else None)
         try:
             with urllib.request.urlopen(request, timeout=60) as response:
                 return response.status, response.read()
@@ -90,14 +137,18 @@ def server(trained):
     home = configure()
     password = secrets.token_urlsafe(12)
     passwords = trained["home"] / "passwords.json"
-    passwords.write_text(json.dumps({"admin": password}))  # the simple auth manager keeps a password it finds
+    viewer_password = secrets.token_urlsafe(12)
+    # The simple auth manager keeps a password it finds.
+    passwords.write_text(json.dumps({"admin": password, "viewer": viewer_password}))
     secret = secrets.token_urlsafe(32)
     env = {**os.environ, **airflow_environ(home), **trained["env"],
-           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,viewer:viewer",
            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",  # True would let anonymous calls in
            "AIRFLOW__API__SECRET_KEY": secret, "AIRFLOW__API_AUTH__JWT_SECRET": secret}
-    env.pop("PYTHONPATH", None)
+    # The plugin is found through its entry point; its code is this checkout's (a worktree's too,
+    # where the installed package would point elsewhere).
+    env["PYTHONPATH"] = str(REPO)
     done = subprocess.run([str(AIRFLOW), "dags", "reserialize"], env=env, capture_output=True, text=True,
                           timeout=300, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -111,6 +162,9 @@ def server(trained):
         status, body = api.request("POST", "/auth/token", {"username": "admin", "password": password})
         assert status == 201, body
         api.token = body["access_token"]
+        status, body = api.request("POST", "/auth/token", {"username": "viewer", "password": viewer_password})
+        assert status == 201, body
+        api.viewer_token = body["access_token"]
         yield api
     finally:
         api.stop()
@@ -131,7 +185,9 @@ def test_the_plugin_is_loaded_through_its_entry_point(server):
 
 @pytest.mark.parametrize("path", ["/faceattr/", "/faceattr/api/runs", "/faceattr/runs/{run}",
                                   "/faceattr/runs/{run}/files/model.pt", "/faceattr/api/runs/{run}/live",
-                                  "/faceattr/report/faceattr_train/{dag_run}", "/faceattr/compare?run={run}&run={run}"])
+                                  "/faceattr/report/faceattr_train/{dag_run}", "/faceattr/compare?run={run}&run={run}",
+                                  "/faceattr/models", "/faceattr/jobs", "/faceattr/jobs/{run}-private",
+                                  "/faceattr/jobs/{run}-private/files/predictions.csv"])
 def test_every_plugin_route_needs_an_airflow_login(server, trained, path):
     path = path.format(run=trained["run_id"], dag_run=urllib.parse.quote(trained["dag_run_id"], safe=""))
     assert server.get(path)[0] == 401
@@ -178,6 +234,23 @@ def test_downloads_come_only_from_inside_the_run_folder(server, trained):
         assert server.get(f"/faceattr/runs/{run}/files/model.pt", token=server.token)[0] in (400, 404), run
 
 
+def test_only_a_user_who_may_edit_the_dag_changes_the_registry(server, trained):
+    action = {"X-Faceattr-Action": "1", "Content-Type": "application/json"}
+    assert server.get("/faceattr/models/rollback", method="POST", token=server.viewer_token, headers=action)[0] == 403
+    assert server.get("/faceattr/models/rollback", method="POST", token=server.token,
+                      headers={"Content-Type": "application/json"})[0] == 403  # no header: not from the page
+    assert server.get("/faceattr/models", token=server.viewer_token)[0] == 200  # a viewer still sees it
+
+
+def test_model_pt_downloads_as_bytes_without_compression(server, trained):
+    request = urllib.request.Request(server.url + files_url(trained, "model.pt"),
+                                     headers={"Authorization": f"Bearer {server.token}", "Accept-Encoding": "gzip"})
+    with urllib.request.urlopen(request, timeout=60) as response:  # urllib does not gunzip: the bytes as sent
+        assert response.read() == RunLayout(trained["run_dir"]).model.read_bytes()
+        assert response.headers["Content-Type"] == "application/octet-stream"
+        assert response.headers.get("Content-Encoding") in (None, "identity")
+
+
 def test_the_tab_on_another_dags_run_says_it_has_no_report(server):
     status, body = server.get("/faceattr/report/faceattr_score/manual__1", token=server.token)
     assert status == 200 and b"faceattr_score is not faceattr_train" in body
@@ -197,6 +270,8 @@ def test_in_a_browser(server, trained):
     best = metrics.read_best(run_dir)
     tested = metrics.read_epoch_metrics(run_dir, "test", best["epoch"])
     dag_run = urllib.parse.quote(trained["dag_run_id"], safe="")
+    status, body = server.request("PATCH", f"/api/v2/dags/faceattr_train/dagRuns/{dag_run}", {"note": "first try"})
+    assert status == 200, body
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM))
         try:
@@ -212,10 +287,66 @@ def test_in_a_browser(server, trained):
             page.get_by_role("link", name="faceattr").first.click()
             page.wait_for_url("**/plugin/faceattr")
             frame = page.frame_locator("iframe[title='faceattr']")
-            frame.locator(f"#runs a:text-is('{run_id}')").wait_for()
+            frame.locator(f"#runs a[title='{run_id}']").wait_for()
             row = frame.locator("#runs tbody tr", has_text=run_id)
             assert f"{best['val_mean_accuracy']:.4f}" in row.inner_text()
+            assert "manual" in row.inner_text() and "· first try" in row.inner_text()  # the run's name and note
             page.screenshot(path=str(SHOTS / "runs_in_airflow.png"))
+
+            # Every column sorts; Started by time (the older run first when ascending).
+            assert frame.locator("#runs").evaluate(SORT_CHECK) == []
+            frame.locator("#runs th", has_text="Started").click()
+            assert run_id in frame.locator("#runs tbody tr").first.inner_text()
+            frame.locator("#runs th", has_text="Started").click()
+            assert trained["worse_id"] in frame.locator("#runs tbody tr").first.inner_text()
+
+            # Compare: with one run ticked the page says so in place; with two it overlays them.
+            frame.locator(f"input.pick[value='{run_id}']").check()
+            frame.get_by_role("button", name="Compare").click()
+            assert "Tick two or more runs" in frame.locator("#notice").inner_text()
+            frame.locator(f"input.pick[value='{trained['worse_id']}']").check()
+            frame.get_by_role("button", name="Compare").click()
+            frame.locator("#chart-val").wait_for()
+            dashes = frame.locator("#chart-val g.series path").evaluate_all(
+                "paths => paths.map(p => p.getAttribute('stroke-dasharray'))")
+            assert len(dashes) == 2 and len(set(dashes)) == 2  # equal curves stay visible
+            assert frame.locator("#compare-attributes tbody tr").count() == len(ATTRIBUTES)
+            page.screenshot(path=str(SHOTS / "compare_two_runs.png"), full_page=True)
+
+            # Models: the champion, and why the other is not; promote it, then roll back, as admin.
+            frame.get_by_role("link", name="Models").first.click()
+            frame.locator("#models").wait_for()
+            challenger = frame.locator("#models tbody tr", has_text=trained["worse_id"])
+            assert "challenger" in challenger.inner_text()
+            assert f"does not beat champion run {run_id}" in challenger.inner_text()
+            assert run_id in frame.locator("#champion").inner_text()
+            assert frame.locator("#chart-trend").count() == 1
+            page.screenshot(path=str(SHOTS / "models_page.png"), full_page=True)
+            challenger.get_by_role("button", name="Promote").click()
+            challenger.get_by_role("button", name="Confirm: promote").click()
+            frame.locator("#notice", has_text=f"champion is now run {trained['worse_id']}").wait_for()
+            frame.locator("#champion", has_text=trained["worse_id"]).wait_for(timeout=20_000)  # after the reload
+            assert "admin" in frame.locator("#events tbody tr").first.inner_text()
+            assert frame.locator("#models").evaluate(SORT_CHECK) == []
+            page.screenshot(path=str(SHOTS / "models_after_promote.png"), full_page=True)
+            frame.locator("#rollback").click()
+            frame.locator("#rollback").click()
+            frame.locator("#champion", has_text=run_id).wait_for(timeout=20_000)
+            with Store.from_env() as store:
+                assert registry.champion(store)["run_id"] == run_id
+                assert [e["actor"] for e in queries.model_events(store)[:2]] == ["admin", "admin"]
+
+            # Scoring jobs: the private images' job, its CSV downloaded, its prediction summary.
+            frame.get_by_role("link", name="Scoring jobs").first.click()
+            job = frame.locator("#jobs tbody tr", has_text=f"{run_id}-private")
+            assert frame.locator("#jobs").evaluate(SORT_CHECK) == []
+            with page.expect_download() as download:
+                job.get_by_role("link", name="predictions.csv").click()
+            assert Path(download.value.path()).read_bytes() == RunLayout(run_dir).private_predictions.read_bytes()
+            job.get_by_role("link", name=f"{run_id}-private").click()
+            frame.locator("#drift").wait_for()
+            assert frame.locator("#drift tbody tr").count() == len(ATTRIBUTES)
+            page.screenshot(path=str(SHOTS / "scoring_job_drift.png"), full_page=True)
 
             # The run's "Training report" tab: figures, selection, per attribute, subgroups.
             page.goto(f"{server.url}/dags/faceattr_train/runs/{dag_run}")
@@ -230,12 +361,16 @@ def test_in_a_browser(server, trained):
             smiling = frame.locator("#attributes tbody tr", has_text="Smiling").inner_text()
             assert f"{tested['attributes']['Smiling']['accuracy']:.4f}" in smiling
             assert frame.locator("#subgroups tbody tr").count() == 4
-            assert frame.locator("#chart-accuracy circle").count() >= 4  # 2 epochs x (train, val)
+            assert frame.locator("#chart-accuracy g.series :is(circle, rect)").count() >= 4  # 2 epochs x (train, val)
             page.screenshot(path=str(SHOTS / "training_report_tab.png"))
 
+            assert "champion" in frame.locator("#registry-state").inner_text()
             with page.expect_download() as download:  # the link inside the (sandboxed) frame
                 frame.locator(".downloads a", has_text="model.pt").click()
             assert Path(download.value.path()).read_bytes() == RunLayout(run_dir).model.read_bytes()
+            # The report opens in the frame: a new window would be a blocked popup.
+            with page.expect_event("framenavigated", predicate=lambda f: f.url.endswith("/report/index.html")):
+                frame.locator("#report-link").click()
 
             # The whole Run page at once, and the grid grouped by epoch.
             page.goto(f"{server.url}/faceattr/runs/{run_id}")
@@ -245,8 +380,6 @@ def test_in_a_browser(server, trained):
             page.screenshot(path=str(SHOTS / "grid_epoch_groups.png"))
 
             # While a run trains, a new epoch shows up without a reload (the page polls its live part).
-            from faceattr.store.store import Store
-
             with Store.from_env() as store:
                 store.sync_run_dir(run_id, run_dir, status="running")
                 page.goto(f"{server.url}/faceattr/runs/{run_id}")
@@ -255,7 +388,7 @@ def test_in_a_browser(server, trained):
                 store.upsert_epoch(run_id, 3, train_loss=0.5, train_accuracy=0.8, val_mean_accuracy=0.6543)
                 page.locator("#selection tbody tr", has_text="0.6543").wait_for(timeout=20_000)
                 assert page.evaluate("window.notReloaded === true")
-                assert page.locator("#chart-accuracy circle").count() >= 6
+                assert page.locator("#chart-accuracy g.series :is(circle, rect)").count() >= 6
                 page.screenshot(path=str(SHOTS / "run_page_live_epoch_3.png"))
                 store.sync_run_dir(run_id, run_dir, status="success")
                 page.wait_for_function("window.notReloaded !== true", timeout=20_000)  # finished: one reload

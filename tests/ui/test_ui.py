@@ -16,49 +16,9 @@ from faceattr.engine.evaluate import get_accuracy, majority_classes, summarise
 from faceattr.fsutil import write_json
 from faceattr.run import metrics
 from faceattr.run.layout import RunLayout
-from faceattr.ui import charts, data, pages
+from faceattr.ui import charts, compare, data, pages
 
-VAL = {1: 0.80, 2: 0.86, 3: 0.86}  # epoch 3 ties epoch 2: the earlier wins
-
-
-def _evaluation(rng, n: int, skill: float) -> tuple[np.ndarray, np.ndarray]:
-    labels = np.where(rng.random((n, len(ATTRIBUTES))) < 0.3, 1, -1).astype(np.int8)
-    scores = np.where(rng.random(labels.shape) < skill, labels, -labels) + rng.normal(0, 0.3, labels.shape)
-    return scores.astype(np.float32), labels
-
-
-@pytest.fixture
-def made_run(tmp_path, monkeypatch):
-    """A finished 3-epoch run folder recorded in a SQLite store, as the DAG leaves them."""
-    from faceattr.store import registry
-    from faceattr.store.store import Store
-
-    monkeypatch.setenv("FACEATTR_DATA_ROOTS", str(tmp_path / "data"))
-    monkeypatch.setenv("FACEATTR_DB_URL", f"sqlite:///{tmp_path / 'store.db'}")
-    run_dir = tmp_path / "data" / "runs" / "manual__ui"
-    RunConfig(arch="resnet18", weights="none", epochs=3, root=str(tmp_path / "data")).save(run_dir)
-    rng = np.random.default_rng(0)
-    majority = majority_classes(np.where(rng.random((50, len(ATTRIBUTES))) < 0.3, 1, -1))
-    for epoch in (1, 2, 3):
-        metrics.write_epoch_metrics(run_dir, "train", epoch, {
-            "loss": 1.0 / epoch, "accuracy": 0.7 + 0.05 * epoch, "images": 48, "seconds": 10.0 + epoch,
-            "images_per_second": 48 / (10.0 + epoch)})
-        summary = summarise(*_evaluation(rng, 30, 0.8), 0.0, majority)
-        metrics.write_epoch_metrics(run_dir, "val", epoch, {**summary, "mean_accuracy": VAL[epoch], "seconds": 2.0})
-    metrics.write_best(run_dir, {"epoch": 2, "val_mean_accuracy": VAL[2], "val_by_epoch": {str(k): v for k, v in VAL.items()}})
-    scores, labels = _evaluation(rng, 200, 0.85)
-    metrics.write_epoch_metrics(run_dir, "test", 2, summarise(scores, labels, 0.0, majority))
-    np.savez(RunLayout(run_dir).scores("test", 2), scores=scores, labels=labels, thresholds=np.zeros(len(ATTRIBUTES)))
-    layout = RunLayout(run_dir)
-    layout.model.write_bytes(b"model bytes")
-    layout.report.mkdir()
-    (layout.report / "index.html").write_text("<html>report</html>")
-    layout.private_predictions.write_text("image_id\n")
-    (run_dir / "private_predictions.errors.csv").write_text("image_id,reason\n")
-    with Store.from_env() as store:
-        store.sync_run_dir("manual__ui", run_dir, status="success", dag_run_id="manual__ui")
-        registry.publish(store, run_dir, actor="test")  # the first published model: the champion
-        yield {"store": store, "run_dir": run_dir, "scores": scores, "labels": labels, "outside": tmp_path / "secret"}
+VAL = {1: 0.80, 2: 0.86, 3: 0.86}  # the validation figures conftest's made_run writes
 
 
 def test_run_view_shows_the_run_folder_figures(made_run):
@@ -153,7 +113,8 @@ def test_pages_show_the_figures_and_escape_what_they_show(made_run):
 
 def test_line_chart_draws_every_point_with_its_value():
     svg = charts.line_chart([charts.Series("val", [(1, 0.5), (2, 0.75)])], title="t", x_label="epoch", y_label="acc")
-    assert svg.count("<circle") == 2 and "epoch 2: 0.7500" in svg
+    series = svg[svg.index('<g class="series"'):svg.index("</g>")]
+    assert series.count("<circle") == 2 and "epoch 2: 0.7500" in series
     assert "no data yet" in charts.line_chart([charts.Series("val", [])], title="t", x_label="x", y_label="y")
     assert charts.nice_ticks(0.0, 1.0) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
 
@@ -175,7 +136,7 @@ def test_the_compare_page_overlays_runs_and_lists_the_settings_that_differ(made_
     first = {**view["run"], "curves": view["curves"], "config": view["config"]}
     second = {**first, "id": "manual__other", "config": {**first["config"], "lr": 0.01},
               "curves": {key: [(x, y / 2) for x, y in series] for key, series in first["curves"].items()}}
-    html = pages.compare_page([first, second])
+    html = compare.compare_page([first, second])
     val_chart = html[html.index('id="chart-val"'):html.index("</svg>", html.index('id="chart-val"'))]
     assert val_chart.count('class="series"') == 2 and "epoch 2: 0.4300" in val_chart  # the second run's 0.86 / 2
     header = html[html.index('<table id="compare">'):html.index("</thead>", html.index('<table id="compare">'))]
@@ -201,25 +162,6 @@ def test_a_run_folder_in_the_object_store_is_pulled_for_the_pages(made_run, monk
     assert [r["group"] for r in view["subgroups"]] == ["women", "men", "not young", "young"]
     assert data.download_path(made_run["store"].run("manual__ui"), "model.pt").read_bytes() == model
     assert not (run_dir / "checkpoints").exists()  # the pages never need the checkpoints
-
-
-@pytest.fixture
-def client(made_run):
-    """The plugin's app without Airflow around it: auth and the metadata DB session stubbed out."""
-    from fastapi.testclient import TestClient
-
-    from airflow.api_fastapi.common.db.common import _get_session
-    from faceattr.ui import app
-
-    app._stores.clear()
-    app._stores[os.environ["FACEATTR_DB_URL"]] = made_run["store"]  # default_url() is FACEATTR_DB_URL
-    overrides = {dep.dependency: lambda: None for dep in app.app.router.dependencies}
-    app.app.dependency_overrides.update({**overrides, _get_session: lambda: None})
-    try:
-        yield TestClient(app.app)
-    finally:
-        app.app.dependency_overrides.clear()
-        app._stores.clear()
 
 
 def test_report_files_are_served_sandboxed(client):
