@@ -1,4 +1,4 @@
-"""faceattr's command line: the --preset flag names the GPU settings of issue 17 item 9."""
+"""faceattr's command line: presets, and refusals in one line."""
 from __future__ import annotations
 
 import json
@@ -35,7 +35,10 @@ def test_a_run_store_error_is_a_clear_message(tmp_path, monkeypatch, capsys):
     def locked(store):
         raise OperationalError("SELECT 1", {}, Exception("database is locked"))
 
+    from faceattr.store.store import Store
+
     monkeypatch.setenv("FACEATTR_DB_URL", f"sqlite:///{tmp_path / 'store.db'}")
+    Store.from_env().close()
     monkeypatch.setattr(views, "format_models", locked)
     assert cli.main(["models"]) == 2
     assert capsys.readouterr().err.strip() == "faceattr models: error: run store: OperationalError: database is locked"

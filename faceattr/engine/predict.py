@@ -6,15 +6,25 @@ seen ends up in exactly one place: a row of the CSV, or a row of `<out stem>.err
 (image_id, reason) when it cannot be read as an image. Only hidden files and folders (names
 starting with "." and macOS's __MACOSX) are ignored.
 
-- image_id is the file's path relative to the folder (or its zip entry name). A name whose bytes
-  are not UTF-8 is written with each such byte as \\xNN, and every backslash in a name is written
-  as \\\\, so the name is always recoverable (`file_name(image_id)` undoes it).
+- image_id is the file's path relative to the folder (or its zip entry name), escaped by one rule
+  that `file_name(image_id)` reverses exactly: a backslash is written as \\\\, and as \\xNN
+  (lowercase hex) each byte of a name that is not UTF-8, of a control character (C0, DEL, C1, the
+  Unicode line and paragraph separators: CR, LF and TAB included), and of a first character that a
+  spreadsheet would start a formula with (=, +, -, @). So every cell is one line of plain text that
+  no spreadsheet evaluates.
 - Symlinks are followed, to files and to folders; a linked folder's files are listed under the
-  link's name. A link to a folder inside the scored folder, or to a folder already listed (a
-  loop), is not followed twice: it gets one error row.
+  link's name. Every real folder (device and inode) is listed once, however it is reached: a link
+  to a folder already listed (a loop), to a folder inside the scored folder, or to a folder that
+  holds the scored folder gets one error row. A file whose metadata cannot be read gets an error row.
 - With `roots` (FACEATTR_DATA_ROOTS, the DAG's scoring), every file's resolved path is checked
   against them before it is opened; a file or link leading outside gets the error row
-  faceattr.data.access.REFUSED_OUTSIDE, the same whatever lies there.
+  faceattr.data.access.REFUSED_OUTSIDE, the same whatever lies there. A hard link cannot be told
+  from the original, so with `roots` a file with more than one link is refused too
+  (REFUSED_HARD_LINK).
+- The output is refused before any work unless it is a .csv path outside the images folder and
+  outside every run folder (RUN/private_predictions.csv excepted), and unless what it would replace
+  is a CSV this module wrote. Both CSVs are written under temporary names and renamed only once
+  both are complete.
 """
 from __future__ import annotations
 
@@ -22,16 +32,18 @@ import io
 import logging
 import os
 import re
+import stat
 import zipfile
 from collections import Counter
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from faceattr.data.jpeg import JpegDecoder, RawJpegs, plain_jpeg
-from faceattr.fsutil import atomic_path
 from faceattr.attributes import ATTRIBUTES
 from faceattr.data.access import REFUSED_OUTSIDE, inside
+from faceattr.data.jpeg import JpegDecoder, RawJpegs, plain_jpeg
+from faceattr.fsutil import atomic_paths, raise_if_full
+from faceattr.run.layout import RunLayout
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +85,8 @@ def predict(
     model_path, images, out_csv = Path(model_path), Path(images), Path(out_csv)
     if batch_size < 1:
         raise ValueError(f"batch_size: {batch_size} must be at least 1")
-    errors_csv = out_csv.with_name(out_csv.stem + ".errors.csv")
-    for path in (out_csv, errors_csv):  # before any scoring work, not after it
-        _check_output(path)
+    errors_csv = errors_path(out_csv)
+    _check_output(out_csv, images)  # before any scoring work, not after it
     device = resolve_device(device)
 
     model, info = load_model_file(model_path)
@@ -85,8 +96,7 @@ def predict(
 
     # On CUDA, workers only read the bytes of plain JPEGs and nvjpeg decodes each batch on the GPU.
     raw_jpeg = device.type in DEVICE_DECODE
-    dataset = ImageFiles.from_path(images, transform=_transform(info), exclude=(out_csv, errors_csv), raw_jpeg=raw_jpeg,
-                                   roots=roots)
+    dataset = ImageFiles.from_path(images, transform=_transform(info), raw_jpeg=raw_jpeg, roots=roots)
     total = len(dataset)
     batches = -(-total // batch_size)
     # Decoding JPEGs is the CPU-bound part: spread it over worker processes when there is more
@@ -147,12 +157,9 @@ def predict(
         table = pd.concat([table, raw], axis=1)
     error_table = pd.DataFrame(
         {"image_id": [csv_name(dataset.image_ids[i]) for i in sorted(failures)],
-         "reason": [failures[i] for i in sorted(failures)]}
+         "reason": [csv_name(failures[i]) for i in sorted(failures)]}
     )
-    with atomic_path(out_csv) as tmp:
-        table.to_csv(tmp, float_format="%.6f")
-    with atomic_path(errors_csv) as tmp:
-        error_table.to_csv(tmp, index=False)
+    _write_outputs(table, error_table, out_csv, errors_csv)
     if failures:
         log.warning("%d of %d file(s) could not be read; see %s", len(failures), total, errors_csv)
     if timings is not None:
@@ -188,13 +195,13 @@ class ImageFiles:
         self._zip_pid: int | None = None
 
     @classmethod
-    def from_path(cls, images: Path, transform, exclude=(), raw_jpeg: bool = False,
+    def from_path(cls, images: Path, transform, raw_jpeg: bool = False,
                   roots: list[Path] | None = None) -> "ImageFiles":
         if not images.exists():
             raise FileNotFoundError(f"{images}: no such folder or zip file")
         if images.is_dir():
             refused: dict[str, str] = {}
-            ids = sorted([*list_folder(images, exclude=exclude, roots=roots, refused=refused), *refused])
+            ids = sorted([*list_folder(images, roots=roots, refused=refused), *refused])
             dataset = cls(ids, transform, folder=images, raw_jpeg=raw_jpeg, roots=roots, refused=refused)
         elif zipfile.is_zipfile(images):
             ids = list_zip(images)
@@ -214,9 +221,10 @@ class ImageFiles:
         image_id = self.image_ids[index]
         if image_id in self.refused:
             return index, None, self.refused[image_id]
-        if self.archive is None and self.roots is not None and not inside(os.path.realpath(self.folder / image_id),
-                                                                            self.roots):
-            return index, None, REFUSED_OUTSIDE  # checked before the file is opened, and again here (a swap)
+        if self.archive is None and self.roots is not None:
+            reason = _guard(self.folder / image_id, self.roots)  # checked when listed, and again here (a swap)
+            if reason:
+                return index, None, reason
         try:
             source = self._read_entry(image_id) if self.archive is not None else self.folder / image_id
             if self.raw_jpeg:
@@ -302,16 +310,14 @@ def _read_file(path: Path, image_id: str) -> bytes | None:
         raise ImageError(f"{image_id}: cannot read the file ({exc})") from None
 
 
-def list_folder(folder: Path, exclude=(), roots: list[Path] | None = None,
-                refused: dict[str, str] | None = None) -> list[str]:
+def list_folder(folder: Path, roots: list[Path] | None = None, refused: dict[str, str] | None = None) -> list[str]:
     """Every non-hidden file under `folder` as a relative POSIX path, sorted. Entries refused on the
     way go into `refused` ({relative path: reason}); the module docstring gives the rules."""
-    excluded = {Path(p).resolve() for p in exclude}
-    top = os.path.realpath(folder)
-    found: list[str] = []
     refused = {} if refused is None else refused
-    listed = {top}  # real folders whose files are listed: a link to one of them is not followed again
-    pending = [(folder, "")]
+    top = os.stat(folder)
+    listed = {(top.st_dev, top.st_ino)}  # real folders (device, inode) whose files are listed
+    found: list[str] = []
+    pending = [(os.fspath(folder), "")]
     while pending:
         directory, prefix = pending.pop()
         try:
@@ -323,26 +329,75 @@ def list_folder(folder: Path, exclude=(), roots: list[Path] | None = None,
             if _hidden(entry.name):
                 continue
             relative = prefix + entry.name
-            if entry.is_symlink():
-                target = os.path.realpath(entry.path)
-                if roots is not None and not inside(target, roots):
-                    refused[relative] = REFUSED_OUTSIDE  # decided before anything about the target is read
-                elif os.path.isdir(target):
-                    if target in listed or inside(target, [Path(top)]):
-                        refused[relative] = "symlink to a folder whose files are already listed; not followed twice"
-                    else:
-                        listed.add(target)
-                        pending.append((entry.path, relative + "/"))
-                elif Path(target) not in excluded:
-                    found.append(relative)  # a file, or a dangling link: reading it says which
-            elif entry.is_dir(follow_symlinks=False):
-                listed.add(os.path.realpath(entry.path))
+            try:  # a file swapped or removed while it is listed: its own error row, not the end of the run
+                reason, subfolder = _classify(entry, folder, listed, roots)
+            except OSError as exc:
+                reason, subfolder = f"cannot read its metadata ({exc.strerror or exc})", False
+            if reason:
+                refused[relative] = reason
+            elif subfolder:
                 pending.append((entry.path, relative + "/"))
-            elif not entry.is_file(follow_symlinks=False):
-                refused[relative] = "not a regular file (a device, pipe or socket)"
-            elif Path(entry.path).resolve() not in excluded:
+            else:
                 found.append(relative)
     return sorted(found)
+
+
+def _classify(entry: os.DirEntry, top: Path, listed: set, roots: list[Path] | None) -> tuple[str, bool]:
+    """(error reason or "", whether to walk into it) for one folder entry; `listed` grows."""
+    if entry.is_symlink():
+        if roots is not None and not inside(os.path.realpath(entry.path), roots):
+            return REFUSED_OUTSIDE, False  # decided before anything about the target is read
+        try:
+            info = os.stat(entry.path)
+        except FileNotFoundError:
+            return "", False  # a dangling link: reading it says so
+        if stat.S_ISDIR(info.st_mode):
+            if (info.st_dev, info.st_ino) in listed or _holds(info, top):
+                return "symlink to a folder whose files are already listed; not followed twice", False
+            if inside(os.path.realpath(entry.path), [Path(os.path.realpath(top))]):
+                return "symlink to a folder whose files are already listed; not followed twice", False
+            listed.add((info.st_dev, info.st_ino))
+            return "", True
+    else:
+        info = entry.stat(follow_symlinks=False)
+        if stat.S_ISDIR(info.st_mode):
+            if (info.st_dev, info.st_ino) in listed:  # a bind mount of a folder already listed
+                return "a folder whose files are already listed; not listed twice", False
+            listed.add((info.st_dev, info.st_ino))
+            return "", True
+    if not stat.S_ISREG(info.st_mode):
+        return "not a regular file (a device, pipe or socket)", False
+    if roots is not None and info.st_nlink > 1:
+        return REFUSED_HARD_LINK, False
+    return "", False
+
+
+def _holds(info: os.stat_result, top: Path) -> bool:
+    """Whether the folder `info` is `top` or one of its ancestors (a link up the tree)."""
+    path = Path(os.path.realpath(top))
+    for folder in (path, *path.parents):
+        here = os.stat(folder)
+        if (here.st_dev, here.st_ino) == (info.st_dev, info.st_ino):
+            return True
+    return False
+
+
+def _guard(path: Path, roots: list[Path]) -> str:
+    """The error row of a file that may not be opened under `roots`, or "" (checked again at read time)."""
+    try:
+        if not inside(os.path.realpath(path), roots):
+            return REFUSED_OUTSIDE
+        info = os.stat(path)
+    except FileNotFoundError:
+        return ""  # reading it says "file not found"
+    except OSError as exc:
+        return f"cannot read its metadata ({exc.strerror or exc})"
+    return REFUSED_HARD_LINK if stat.S_ISREG(info.st_mode) and info.st_nlink > 1 else ""
+
+
+# With FACEATTR_DATA_ROOTS set, a hard link is refused: it cannot be told from the original, which
+# may lie outside the roots.
+REFUSED_HARD_LINK = "refused: the file has more than one hard link, which may lead outside the allowed data roots"
 
 
 def list_zip(archive: Path) -> list[str]:
@@ -365,10 +420,28 @@ def list_zip(archive: Path) -> list[str]:
     return sorted(kept)
 
 
-def csv_name(name: str) -> str:
-    """The image_id written for a file name: backslashes doubled, bytes that are not UTF-8 as \\xNN."""
+# Characters no CSV cell may hold as they are: C0 controls (TAB, LF, CR...), DEL, C1 controls and
+# the Unicode line/paragraph separators, which some readers take for line breaks.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+FORMULA_PREFIXES = ("=", "+", "-", "@")  # a spreadsheet starts a formula with these
+
+
+def csv_name(name: str | bytes) -> str:
+    """The image_id written for a file name; the module docstring gives the rule, `file_name` undoes it."""
     raw = os.fsencode(name) if isinstance(name, str) else name
-    return raw.replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace")
+    text = raw.replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace")
+    return _escape_first(_escape(text))
+
+
+def _escape(text: str) -> str:
+    """`text` with every byte of an unsafe character as \\xNN (backslashes are the caller's)."""
+    return _UNSAFE.sub(lambda m: "".join(f"\\x{b:02x}" for b in m.group().encode("utf-8")), text)
+
+
+def _escape_first(text: str) -> str:
+    if text.startswith(FORMULA_PREFIXES):
+        return f"\\x{ord(text[0]):02x}" + text[1:]
+    return text
 
 
 def file_name(image_id: str) -> str:
@@ -378,16 +451,58 @@ def file_name(image_id: str) -> str:
     return os.fsdecode(raw)
 
 
-def _check_output(path: Path) -> None:
-    """Refuse an output file that cannot be written, naming it, before any image is scored."""
-    if path.is_dir():
-        raise IsADirectoryError(f"{path}: is a folder; give the path of the .csv file to write")
+def errors_path(out_csv: Path) -> Path:
+    """Where the unreadable files of `out_csv` are listed: `<stem>.errors.csv` beside it."""
+    return out_csv.with_name(out_csv.stem + ".errors.csv")
+
+
+def _check_output(out_csv: Path, images: Path) -> None:
+    """Refuse, naming it, an output that could destroy something, before any image is scored: the
+    module docstring gives the rules."""
+    if out_csv.is_dir():
+        raise IsADirectoryError(f"{out_csv}: is a folder; give the path of the .csv file to write")
+    if out_csv.suffix.lower() != ".csv":
+        raise ValueError(f"{out_csv}: not a .csv path; give the path of the .csv file to write (e.g. preds.csv)")
+    real = Path(os.path.realpath(out_csv))
+    if images.is_dir() and inside(real, [Path(os.path.realpath(images))]):
+        raise ValueError(f"{out_csv}: inside the images folder {images}; write the CSV somewhere else")
+    for folder in real.parents:
+        layout = RunLayout(folder)
+        if any(path.exists() for path in (layout.config, layout.split, layout.model, layout.best)):
+            if real != Path(os.path.realpath(layout.private_predictions)):
+                raise ValueError(f"{out_csv}: inside the run folder {folder}, whose files belong to its stages; "
+                                 f"write the CSV elsewhere (or as {layout.private_predictions})")
+            break
+    for path in (out_csv, errors_path(out_csv)):
+        if path.exists() and not _ours(path):
+            raise FileExistsError(f"{path}: exists and is not a predictions CSV; remove it or choose another --out")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        out_csv.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OSError(exc.errno, f"{path}: cannot create its folder ({exc.strerror})") from None
-    if not os.access(path.parent, os.W_OK | os.X_OK):
-        raise PermissionError(f"{path}: its folder {path.parent} is not writable")
+        raise OSError(exc.errno, f"{out_csv}: cannot create its folder ({exc.strerror})") from None
+    if not os.access(out_csv.parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"{out_csv}: its folder {out_csv.parent} is not writable")
+
+
+def _ours(path: Path) -> bool:
+    """Whether an existing file is a CSV this module wrote (or empty), so replacing it loses nothing else."""
+    if not path.is_file():
+        return False
+    with open(path, "rb") as handle:
+        head = handle.read(64)
+    return head == b"" or head.startswith(b"image_id,")
+
+
+def _write_outputs(table, error_table, out_csv: Path, errors_csv: Path) -> None:
+    """Both CSVs under temporary names, renamed only once both are complete."""
+    with atomic_paths(out_csv, errors_csv) as (tmp_out, tmp_errors):
+        for frame, tmp, target, options in ((table, tmp_out, out_csv, {"float_format": "%.6f"}),
+                                            (error_table, tmp_errors, errors_csv, {"index": False})):
+            try:
+                frame.to_csv(tmp, **options)
+            except OSError as exc:
+                raise_if_full(exc, target)  # "nothing was replaced": true, neither file has been renamed
+                raise OSError(exc.errno, f"{target}: cannot write it ({exc.strerror}); nothing was replaced") from None
 
 
 def _hidden(name: str) -> bool:
