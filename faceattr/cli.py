@@ -103,7 +103,7 @@ def cmd_split(args: argparse.Namespace) -> Any:
     with run_lock(run_dir, "faceattr split", create=True):
         config = check_continues(config, run_dir)  # again, now that no one else works in the folder
         result = make_split(Path(config.root), config.split, config.seed, run_dir)
-        save_or_check(config, run_dir)  # config.json only beside a split made with it
+        config.save(run_dir)  # config.json only beside a split made with it
     return result
 
 

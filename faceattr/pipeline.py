@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from faceattr.run import metrics
-from faceattr.run.config import ConfigError, RunConfig, check_continues, check_device, save_or_check
+from faceattr.run.config import ConfigError, RunConfig, check_continues, check_device
 from faceattr.run.layout import RunLayout
 from faceattr.run.lock import run_lock
 from faceattr.run.selection import ranking_score, stop_reason
@@ -66,7 +66,7 @@ def _fit(config: RunConfig, run_dir: Path) -> dict:
         split = make_split(Path(config.root), config.split, config.seed, run_dir)
         log.info("split (%s, seed %d): %s", config.split, config.seed,
                  ", ".join(f"{name} {split[name]}" for name in ("train", "val", "test")))
-    save_or_check(config, run_dir)
+    config.save(run_dir)  # checked above: it may continue the run
 
     val_by_epoch: dict[int, float] = {}
     ranked: dict[int, float] = {}  # the figure selection ranks epochs by

@@ -75,7 +75,7 @@ def one_line(exc: BaseException) -> str:
     statement and a link; psycopg2 adds hints on further lines)."""
     original = getattr(exc, "orig", None) or exc
     lines = [line.strip() for line in str(original).splitlines() if line.strip()]
-    return f"{type(original).__name__}: {lines[0] if lines else 'no message'}"
+    return f"{type(exc).__name__}: {lines[0] if lines else 'no message'}"
 
 
 def _parse(url: str) -> URL:
