@@ -466,9 +466,9 @@ def _check_output(out_csv: Path, images: Path) -> None:
     real = Path(os.path.realpath(out_csv))
     if images.is_dir() and inside(real, [Path(os.path.realpath(images))]):
         raise ValueError(f"{out_csv}: inside the images folder {images}; write the CSV somewhere else")
-    for folder in real.parents:
+    for folder in list(real.parents)[:2]:  # every run-folder path is RUN/name or RUN/sub/name
         layout = RunLayout(folder)
-        if any(path.exists() for path in (layout.config, layout.split, layout.model, layout.best)):
+        if layout.config.is_file() and any(path.exists() for path in (layout.split, layout.model, layout.checkpoints)):
             if real != Path(os.path.realpath(layout.private_predictions)):
                 raise ValueError(f"{out_csv}: inside the run folder {folder}, whose files belong to its stages; "
                                  f"write the CSV elsewhere (or as {layout.private_predictions})")
