@@ -490,7 +490,7 @@ def _ours(path: Path) -> bool:
         return False
     with open(path, "rb") as handle:
         head = handle.read(64)
-    return head == b"" or head.startswith(b"image_id,")
+    return head == b"" or head.startswith((f"image_id,{ATTRIBUTES[0]},".encode(), b"image_id,reason\n"))
 
 
 def _write_outputs(table, error_table, out_csv: Path, errors_csv: Path) -> None:

@@ -89,6 +89,7 @@ def _run_folder(root: Path) -> Path:
     ("images/preds.csv", "inside the images folder"),
     ("labels/list_attr_celeba.txt", "not a .csv path"),
     ("labels/mine.csv", "exists and is not a predictions CSV"),
+    ("labels/copied_split.csv", "exists and is not a predictions CSV"),
     ("labels/preds", "not a .csv path"),
 ])
 def test_an_out_that_could_destroy_a_file_is_refused_and_nothing_is_written(tmp_path, model_file, capsys, out,
@@ -98,6 +99,7 @@ def test_an_out_that_could_destroy_a_file_is_refused_and_nothing_is_written(tmp_
     (tmp_path / "labels").mkdir()
     (tmp_path / "labels" / "list_attr_celeba.txt").write_text("2\nheader\n")
     (tmp_path / "labels" / "mine.csv").write_text("name,score\nx,1\n")
+    (tmp_path / "labels" / "copied_split.csv").write_text("image_id,split\na.jpg,train\n")
     (tmp_path / "labels" / "preds").write_bytes(b"\x00binary")
     before = _digests(tmp_path)
     code = main(["predict", "--model", str(model_file), "--images", str(tmp_path / "images"),
