@@ -18,8 +18,9 @@ from PIL import Image
 
 from faceattr.cli import main
 from faceattr.data.images import IMAGE_SIZE
-from faceattr.engine import predict as predict_module
-from faceattr.engine.predict import REFUSED_HARD_LINK, csv_name, file_name, list_folder, predict
+from faceattr.engine import predict_io
+from faceattr.engine.predict import predict
+from faceattr.engine.predict_io import REFUSED_HARD_LINK, csv_name, file_name, list_folder
 from faceattr.model import build_model, export_model
 from faceattr.run.config import RunConfig
 
@@ -196,7 +197,7 @@ def test_an_error_reading_one_files_metadata_is_its_error_row(tmp_path, monkeypa
             raise OSError(errno.EINVAL, "Invalid argument")
         return real_realpath(path, *args, **kwargs)
 
-    monkeypatch.setattr(predict_module.os.path, "realpath", flaky)
+    monkeypatch.setattr(predict_io.os.path, "realpath", flaky)
     refused: dict[str, str] = {}
     found = list_folder(folder, roots=[folder.resolve()], refused=refused)
     assert found == ["a.jpg", "b.jpg"]
@@ -208,7 +209,7 @@ def test_an_error_resolving_a_file_at_read_time_is_its_error_row(tmp_path, monke
 
     folder = _images(tmp_path / "images", "a.jpg")
     dataset = ImageFiles.from_path(folder, transform=lambda image: image, roots=[folder.resolve()])
-    monkeypatch.setattr(predict_module.os.path, "realpath",
+    monkeypatch.setattr(predict_io.os.path, "realpath",
                         lambda *a, **k: (_ for _ in ()).throw(OSError(errno.EINVAL, "Invalid argument")))
     assert dataset[0] == (0, None, "cannot read its metadata (Invalid argument)")
 
