@@ -32,9 +32,7 @@ from faceattr.attributes import ATTRIBUTES, SPLITS
 from faceattr.fsutil import read_json
 from faceattr.run.layout import RunLayout
 from faceattr.store import values as v
-from faceattr.store.connection import (  # noqa: F401 - DB_URL_ENV, DB_FILE, default_url: the store's names
-    DB_FILE, DB_URL_ENV, StoreError, default_url, make_engine, missing, one_line, quiet_alembic,
-)
+from faceattr.store.connection import StoreError, default_url, make_engine, missing, one_line, quiet_alembic
 from faceattr.store.schema import (
     MIGRATIONS_DIR, TABLES, VERSION_TABLE, AttributeMetric, Base, Epoch, Model, Run, ScoringJob,
 )
