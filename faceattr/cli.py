@@ -1,21 +1,36 @@
 """`faceattr` command line: one subcommand per pipeline stage, each a thin call into the library.
 
-Modules are imported inside the handlers so `faceattr --help` stays fast and torch is loaded
-only by the stages that need it.
+The library modules are imported inside the handlers so `faceattr --help` stays fast: torch,
+pandas and SQLAlchemy are loaded only by the stages that need them. Every refusal is one line on
+stderr and exit status 2; a closed pipe (`faceattr runs | head -1`) ends quietly.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import getpass
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from faceattr.run.config import PRESETS, SCORE_BATCH_SIZES, ConfigError, RunConfig, field_kind, save_or_check
+from faceattr import settings
+from faceattr.data.access import check_path, data_roots
+from faceattr.run.config import (
+    PRESETS, SCORE_BATCH_SIZES, ConfigError, RunConfig, check_continues, check_device, field_kind, save_or_check,
+    started,
+)
 from faceattr.run.layout import RunLayout
+from faceattr.run.lock import run_lock
+
+# --model: the registry's keyword for the current champion, and the prefix that names a run id.
+CHAMPION = "champion"
+RUN_PREFIX = "run:"
+MODEL_HELP = ("a model file (a path with a '/' or ending in .pt, e.g. ./runA/model.pt), 'champion' (always "
+              "the run store's champion), or a run id in the run store (a bare name, or run:ID)")
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] = ()) -> None:
@@ -46,11 +61,14 @@ def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {**PRESETS.get(getattr(args, "preset", None), {}), **given}
 
 
-def _run_config(run_dir: Path, overrides: dict[str, Any]) -> RunConfig:
-    """The saved config of RUN with the flags given on this command line applied, checked."""
-    base = RunConfig.load(run_dir).to_dict() if RunLayout(run_dir).config.exists() else {}
+def _config(run_dir: Path, overrides: dict[str, Any]) -> RunConfig:
+    """The saved config of RUN with the flags given on this command line applied, checked against
+    the run's work so far; nothing is written."""
+    layout = RunLayout(run_dir)
+    # A folder without a split or an epoch takes the command line's config whole: what it saved led nowhere.
+    base = RunConfig.load(run_dir).to_dict() if layout.config.exists() and started(layout) else {}
     config = RunConfig.from_dict({**base, **overrides}, source="command line")
-    return save_or_check(config, run_dir)
+    return check_continues(config, run_dir)
 
 
 def _print(result: Any) -> None:
@@ -59,9 +77,12 @@ def _print(result: Any) -> None:
 
 
 # -- handlers ---------------------------------------------------------------------------------
+# The handlers' imports load torch, pandas or SQLAlchemy: inside them, to keep `faceattr --help` light.
 def cmd_synth(args: argparse.Namespace) -> Any:
     from faceattr.synth.files import generate
 
+    _in_range("--n", args.n, 1, 10**7)
+    _in_range("--seed", args.seed, 0, 2**32 - 1)
     return generate(Path(args.out), n=args.n, seed=args.seed)
 
 
@@ -73,83 +94,110 @@ def cmd_download(args: argparse.Namespace) -> Any:
 
 def cmd_split(args: argparse.Namespace) -> Any:
     from faceattr.data.split import make_split
+    from faceattr.pipeline import check_runnable
 
     run_dir = Path(args.out)
     overrides = _config_overrides(args) | {"root": args.root, "split": args.strategy, "seed": args.seed}
-    config = _run_config(run_dir, overrides)
-    return make_split(Path(config.root), config.split, config.seed, run_dir)
+    config = _config(run_dir, overrides)
+    check_runnable(config)  # before anything is written
+    with run_lock(run_dir, "faceattr split", create=True):
+        config = check_continues(config, run_dir)  # again, now that no one else works in the folder
+        result = make_split(Path(config.root), config.split, config.seed, run_dir)
+        config.save(run_dir)  # config.json only beside a split made with it
+    return result
 
 
 def cmd_train(args: argparse.Namespace) -> Any:
     from faceattr.engine.distributed import launch_epoch  # one process, or DDP over the visible GPUs
 
     run_dir = Path(args.run)
-    return launch_epoch(run_dir, args.epoch, _run_config(run_dir, _config_overrides(args)))
+    with run_lock(run_dir, f"faceattr train --epoch {args.epoch}"):
+        if not RunLayout(run_dir).split.is_file():
+            raise FileNotFoundError(f"{RunLayout(run_dir).split}: not found; run 'faceattr split' first")
+        config = _config(run_dir, _config_overrides(args))
+        check_device(config.device)
+        return launch_epoch(run_dir, args.epoch, save_or_check(config, run_dir))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> Any:
     from faceattr.engine.evaluate import evaluate_epoch
 
+    if args.epoch != "best" and not args.epoch.isdigit():
+        raise ValueError(f"--epoch: {args.epoch!r} is not an epoch number or 'best'")
     epoch = args.epoch if args.epoch == "best" else int(args.epoch)
-    return evaluate_epoch(Path(args.run), epoch, args.split, device=args.device)
+    with run_lock(args.run, f"faceattr evaluate --epoch {args.epoch} --split {args.split}"):
+        return evaluate_epoch(Path(args.run), epoch, args.split, device=args.device)
 
 
 def cmd_select(args: argparse.Namespace) -> Any:
     from faceattr.engine.selection import select_best
 
-    return select_best(Path(args.run))
+    with run_lock(args.run, "faceattr select"):
+        return select_best(Path(args.run))
 
 
 def cmd_predict(args: argparse.Namespace) -> Any:
-    from faceattr import settings
-    from faceattr.data.access import data_roots
     from faceattr.engine.predict import predict
 
-    return predict(
-        _model_file(args.model), Path(args.images), Path(args.out),
-        scores=args.scores, batch_size=args.batch_size or SCORE_BATCH_SIZES.get(args.preset, 128), device=args.device,
-        roots=data_roots() if settings.data_roots() else None,  # the DAG's rule, where it is configured
-    )
+    if args.batch_size is not None:
+        _in_range("--batch-size", args.batch_size, 1, 65536)
+    images, out = Path(args.images), Path(args.out)
+    roots = None
+    if settings.data_roots():  # the DAG's rule, where it is configured: the paths given, then every file
+        roots = data_roots()
+        images = check_path(images.absolute(), "--images", roots=roots)
+        out = check_path(out.absolute(), "--out", roots=roots)
+    model = _model_file(args.model)
+
+    def run() -> dict:
+        return predict(model, images, out, scores=args.scores, roots=roots, device=args.device,
+                       batch_size=args.batch_size or SCORE_BATCH_SIZES.get(args.preset, 128))
+
+    run_dir = _run_folder_of(out)
+    if run_dir is None:
+        return run()
+    with run_lock(run_dir, "faceattr predict"):  # writing RUN/private_predictions.csv
+        return run()
 
 
 def cmd_fit(args: argparse.Namespace) -> Any:
-    from faceattr.pipeline import fit
+    from faceattr.pipeline import fit  # takes the run folder's lock itself
 
     run_dir = Path(args.run)
-    return fit(_run_config(run_dir, _config_overrides(args)), run_dir)
+    return fit(_config(run_dir, _config_overrides(args)), run_dir)
 
 
 def cmd_report(args: argparse.Namespace) -> Any:
     from faceattr.run.report import write_report
 
-    return {"report": str(write_report(Path(args.run)))}
+    with run_lock(args.run, "faceattr report"):
+        return {"report": str(write_report(Path(args.run)))}
 
 
 def cmd_cache(args: argparse.Namespace) -> Any:
     from faceattr.data.cache import build_cache
 
-    return build_cache(Path(args.run))
+    with run_lock(args.run, "faceattr cache"):
+        return build_cache(Path(args.run))
 
 
 def cmd_runs(args: argparse.Namespace) -> Any:
     from faceattr.store.store import Store
     from faceattr.views import format_run, format_runs
 
-    with Store.from_env() as store:
+    with Store.from_env(create=False) as store:  # reading never creates a store
         run_id = getattr(args, "run_id", None)
         print(format_run(store, run_id) if run_id else format_runs(store))
     return None
 
 
 def cmd_models(args: argparse.Namespace) -> Any:
-    import getpass
-
     from faceattr.store import registry
     from faceattr.store.store import Store
     from faceattr.views import format_models
 
     actor = f"{getpass.getuser()} (faceattr models {args.models_command or 'list'})"
-    with Store.from_env() as store:
+    with Store.from_env(create=args.models_command is not None) as store:  # listing never creates a store
         if args.models_command == "publish":
             return registry.publish(store, Path(args.run), min_gain=args.min_gain, force=args.force, actor=actor)
         if args.models_command == "promote":
@@ -162,14 +210,38 @@ def cmd_models(args: argparse.Namespace) -> Any:
 
 
 def _model_file(model: str) -> Path:
-    """--model: a model.pt path, or `champion`/a run id resolved in the run store."""
-    if model.endswith(".pt") or Path(model).exists():
+    """--model by one rule that no local file can change (MODEL_HELP): `champion` is the registry's
+    keyword, `run:ID` a run id; a name with a path separator or ending in .pt is a file; any other
+    bare name is a run id (write ./NAME for a local file of that name)."""
+    if model.startswith(RUN_PREFIX):
+        name = model.removeprefix(RUN_PREFIX)
+    elif model == CHAMPION:
+        name = model
+    elif model.endswith(".pt") or "/" in model or os.sep in model:
         return Path(model)
-    from faceattr.store import registry
+    else:
+        name = model
+    if not name:
+        raise ValueError(f"--model: {model!r} names no run")
+    from faceattr.store import registry  # SQLAlchemy: only for the commands that open the run store
     from faceattr.store.store import Store
 
-    with Store.from_env() as store:
-        return Path(registry.resolve(store, model)["path"])
+    with Store.from_env(create=False) as store:
+        return Path(registry.resolve(store, name)["path"])
+
+
+def _run_folder_of(out: Path) -> Path | None:
+    """The run folder whose private_predictions.csv `out` is, if it is one (predict refuses any
+    other path inside a run folder)."""
+    layout = RunLayout(out.parent)
+    if out.name == layout.private_predictions.name and layout.config.is_file():
+        return out.parent
+    return None
+
+
+def _in_range(flag: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise ValueError(f"{flag}: {value} is not between {low} and {high}")
 
 
 def cmd_bench(args: argparse.Namespace) -> Any:
@@ -220,9 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True)
 
     p = command("predict", cmd_predict, "score a folder or zip of images into a CSV")
-    p.add_argument("--model", required=True, help="RUN/model.pt, or 'champion' or a run id from the run store")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--images", required=True, help="a folder or a .zip of images")
-    p.add_argument("--out", required=True, help="the CSV to write")
+    p.add_argument("--out", required=True, help="the .csv file to write (and <stem>.errors.csv beside it); not "
+                   "inside --images or a run folder (RUN/private_predictions.csv excepted), and replacing only a "
+                   "predictions CSV")
     p.add_argument("--scores", action="store_true", help="add the raw scores as columns")
     p.add_argument("--batch-size", type=int, default=None, help="default 128, or the --preset's")
     p.add_argument("--preset", choices=sorted(SCORE_BATCH_SIZES), default=None,
@@ -274,8 +348,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         _print(args.handler(args))
+        sys.stdout.flush()  # here, so a closed pipe is caught below and not at exit
+    except BrokenPipeError:  # `faceattr runs | head -1`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 141  # 128 + SIGPIPE, as a command killed by the closed pipe
     except (ConfigError, ValueError, OSError, RuntimeError) as exc:  # OSError: a full disk, a directory as --out
-        print(f"faceattr {args.command}: error: {exc}", file=sys.stderr)
+        _refuse(args.command, exc)
         return 2
     except KeyboardInterrupt:
         print(f"faceattr {args.command}: interrupted", file=sys.stderr)
@@ -284,11 +362,18 @@ def main(argv: list[str] | None = None) -> int:
         database = sys.modules.get("sqlalchemy.exc")  # loaded only by the commands that open the run store
         if database is None or not isinstance(exc, database.SQLAlchemyError):
             raise
-        # A locked SQLite file, a dropped PostgreSQL connection, a refused write: the driver's words.
-        print(f"faceattr {args.command}: error: run store: {type(exc).__name__}: {getattr(exc, 'orig', None) or exc}",
-              file=sys.stderr)
+        # A locked SQLite file, a dropped PostgreSQL connection, a refused write: the driver's first line.
+        from faceattr.store.connection import one_line  # loaded already: sqlalchemy.exc is
+
+        _refuse(args.command, f"run store: {one_line(exc)}")
         return 2
     return 0
+
+
+def _refuse(command: str, error: BaseException | str) -> None:
+    """One line on stderr: a message that spans lines (a driver's, a library's) is joined into one."""
+    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or repr(error)
+    print(f"faceattr {command}: error: {text}", file=sys.stderr)
 
 
 if __name__ == "__main__":

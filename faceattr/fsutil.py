@@ -60,6 +60,47 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     _remove_stale_temps(target, started)
 
 
+@contextlib.contextmanager
+def atomic_paths(*targets: str | os.PathLike) -> Iterator[list[Path]]:
+    """Temporary paths for several files that belong together (a CSV and its errors file): each
+    target is replaced only once every one of them has been written; a failure while writing
+    replaces none (the caller names the file that failed: raise_if_full)."""
+    started = time.time()
+    with contextlib.ExitStack() as stack:
+        temps = [stack.enter_context(_temp_beside(Path(target))) for target in targets]
+        yield temps
+        for done, (tmp, target) in enumerate(zip(temps, targets)):
+            try:
+                os.replace(tmp, target)
+            except OSError as exc:
+                if done:  # a rename in one folder hardly fails, but say truthfully what was replaced
+                    replaced = ", ".join(str(t) for t in targets[:done])
+                    raise OSError(exc.errno, f"{target}: not replaced ({exc.strerror}); {replaced} already "
+                                             "was") from None
+                raise_if_full(exc, Path(target))
+                raise
+    for target in targets:
+        _remove_stale_temps(Path(target), started)
+
+
+@contextlib.contextmanager
+def _temp_beside(target: Path) -> Iterator[Path]:
+    """A temporary file in `target`'s folder, removed on exit unless it was renamed."""
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
+    except OSError as exc:
+        raise_if_full(exc, target)
+        raise
+    os.close(fd)
+    tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_umask())
+    try:
+        yield tmp
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 def raise_if_full(exc: OSError, target: Path) -> None:
     """A full disk (ENOSPC, or EDQUOT: the quota) as a NoSpaceError naming the file being written."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT) and not isinstance(exc, NoSpaceError):

@@ -11,9 +11,10 @@ import math
 import time
 from pathlib import Path
 
-from faceattr.run.config import RunConfig, save_or_check
 from faceattr.run import metrics
+from faceattr.run.config import ConfigError, RunConfig, check_continues, check_device
 from faceattr.run.layout import RunLayout
+from faceattr.run.lock import run_lock
 from faceattr.run.selection import ranking_score, stop_reason
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,26 @@ def fit(config: RunConfig, run_dir: str | Path) -> dict:
     one that then picks the best epoch). Each epoch is spread over the visible GPUs as the DAG's
     train task does (faceattr.engine.distributed.launch_epoch).
     """
+    check_runnable(config)  # before the folder is made
+    with run_lock(run_dir, "faceattr fit", create=True):  # one process at a time in the folder
+        return _fit(config, Path(run_dir))
+
+
+def check_runnable(config: RunConfig) -> None:
+    """Refuse, before anything is written, a config that cannot train here: an unknown arch, a
+    weights file that is missing or not a state dict that fits, more frozen children than the model
+    has, a device this machine lacks. Builds the model with random weights (no download)."""
+    from faceattr.model import build_model  # torch: not for `faceattr --help`
+
+    check_device(config.device)
+    weights = "none" if config.weights == "imagenet" else config.weights
+    try:
+        build_model(config.arch, weights, config.freeze_children)
+    except (ValueError, OSError) as exc:
+        raise ConfigError(str(exc).splitlines()[0] if str(exc) else repr(exc)) from None
+
+
+def _fit(config: RunConfig, run_dir: Path) -> dict:
     from faceattr.data.split import make_split
     from faceattr.engine import selection
     from faceattr.engine.distributed import launch_epoch
@@ -34,18 +55,18 @@ def fit(config: RunConfig, run_dir: str | Path) -> dict:
     from faceattr.run.report import write_report
 
     start = time.perf_counter()
-    run_dir = Path(run_dir)
     layout = RunLayout(run_dir)
-    save_or_check(config, run_dir)  # a different learning config for an existing run is an error
+    check_continues(config, run_dir)  # a different learning config for a started run is an error
 
     # The split's strategy and seed are part of the saved config checked above, so an existing
-    # split.csv was made with the same ones.
+    # split.csv was made with the same ones. config.json is written only beside a split made with it.
     if layout.split.is_file():
         log.info("split: keeping %s", layout.split)
     else:
         split = make_split(Path(config.root), config.split, config.seed, run_dir)
         log.info("split (%s, seed %d): %s", config.split, config.seed,
                  ", ".join(f"{name} {split[name]}" for name in ("train", "val", "test")))
+    config.save(run_dir)  # checked above: it may continue the run
 
     val_by_epoch: dict[int, float] = {}
     ranked: dict[int, float] = {}  # the figure selection ranks epochs by

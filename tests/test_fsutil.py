@@ -70,3 +70,21 @@ def test_stale_temp_files_go_when_the_next_write_succeeds(tmp_path):
     write_json(target, {"epoch": 1})
     assert sorted(os.listdir(tmp_path)) == [".best.json.tmp-writing", ".other.json.tmp-killed", "best.json"]
 
+
+
+def test_files_written_together_are_replaced_together_or_not_at_all(tmp_path):
+    from faceattr.fsutil import atomic_paths
+
+    first, second = tmp_path / "a.csv", tmp_path / "a.errors.csv"
+    first.write_text("old a\n")
+    second.write_text("old errors\n")
+    with pytest.raises(OSError, match="disk gone"):
+        with atomic_paths(first, second) as (tmp_first, tmp_second):
+            tmp_first.write_text("new a\n")
+            raise OSError(5, "disk gone")  # while the second file is written
+    assert (first.read_text(), second.read_text()) == ("old a\n", "old errors\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv", "a.errors.csv"]
+    with atomic_paths(first, second) as (tmp_first, tmp_second):
+        tmp_first.write_text("new a\n")
+        tmp_second.write_text("new errors\n")
+    assert (first.read_text(), second.read_text()) == ("new a\n", "new errors\n")

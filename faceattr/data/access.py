@@ -3,7 +3,10 @@
 Anyone who can trigger a DAG can type a path into its form, so every path a DAG reads or writes
 must lie under one of the roots in FACEATTR_DATA_ROOTS (os.pathsep-separated, like PATH).
 Paths are checked after resolving symlinks and '..', before anything is read or written; when
-a folder is scored, every file in it is checked the same way before it is opened (`inside`).
+a folder is scored, every file in it is checked the same way before it is opened (`inside`). A
+refusal names only the path given. What the check cannot see: a hard link is the file itself, not
+a pointer to it, so scoring refuses files with more than one link under the roots
+(faceattr.engine.predict.REFUSED_HARD_LINK); a bind mount is a folder like any other.
 Light on purpose: the DAG files import it at parse time.
 """
 from __future__ import annotations
@@ -53,10 +56,13 @@ def check_path(path: str | os.PathLike, what: str = "path", *, roots: list[Path]
     if not candidate.is_absolute():
         raise AccessError(f"{what}: {text!r} is not an absolute path; give a full path under {_listing(roots)}")
     # realpath follows every symlink and folds '..', so neither can step outside a root.
-    resolved = Path(os.path.realpath(candidate))
+    try:
+        resolved = Path(os.path.realpath(candidate))
+    except OSError as exc:  # a link swapped while it is resolved
+        raise AccessError(f"{what}: {text}: cannot be resolved ({exc.strerror})") from None
     if not inside(resolved, roots):
-        shown = text if str(resolved) == text else f"{text!r} (resolves to {resolved})"
-        raise AccessError(f"{what}: {shown} is outside the allowed data roots {_listing(roots)} ({ROOTS_ENV})")
+        # Only the path given: where its links lead would tell whether an outside path exists.
+        raise AccessError(f"{what}: {text} is outside the allowed data roots {_listing(roots)} ({ROOTS_ENV})")
     return resolved
 
 

@@ -6,32 +6,24 @@ seen ends up in exactly one place: a row of the CSV, or a row of `<out stem>.err
 (image_id, reason) when it cannot be read as an image. Only hidden files and folders (names
 starting with "." and macOS's __MACOSX) are ignored.
 
-- image_id is the file's path relative to the folder (or its zip entry name). A name whose bytes
-  are not UTF-8 is written with each such byte as \\xNN, and every backslash in a name is written
-  as \\\\, so the name is always recoverable (`file_name(image_id)` undoes it).
-- Symlinks are followed, to files and to folders; a linked folder's files are listed under the
-  link's name. A link to a folder inside the scored folder, or to a folder already listed (a
-  loop), is not followed twice: it gets one error row.
-- With `roots` (FACEATTR_DATA_ROOTS, the DAG's scoring), every file's resolved path is checked
-  against them before it is opened; a file or link leading outside gets the error row
-  faceattr.data.access.REFUSED_OUTSIDE, the same whatever lies there.
+The files: which are listed, how their names are written, where the CSVs may go and how they
+are written, is faceattr.engine.predict_io (its docstring gives the rules).
 """
 from __future__ import annotations
 
 import io
 import logging
 import os
-import re
 import zipfile
-from collections import Counter
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 
-from faceattr.data.jpeg import JpegDecoder, RawJpegs, plain_jpeg
-from faceattr.fsutil import atomic_path
 from faceattr.attributes import ATTRIBUTES
-from faceattr.data.access import REFUSED_OUTSIDE, inside
+from faceattr.data.jpeg import JpegDecoder, RawJpegs, plain_jpeg
+from faceattr.engine.predict_io import (  # noqa: F401 - file_name: where callers have always found it
+    check_output, csv_name, errors_path, file_name, guard, list_folder, list_zip, write_outputs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +65,8 @@ def predict(
     model_path, images, out_csv = Path(model_path), Path(images), Path(out_csv)
     if batch_size < 1:
         raise ValueError(f"batch_size: {batch_size} must be at least 1")
-    errors_csv = out_csv.with_name(out_csv.stem + ".errors.csv")
-    for path in (out_csv, errors_csv):  # before any scoring work, not after it
-        _check_output(path)
+    errors_csv = errors_path(out_csv)
+    check_output(out_csv, images)  # before any scoring work, not after it
     device = resolve_device(device)
 
     model, info = load_model_file(model_path)
@@ -85,8 +76,7 @@ def predict(
 
     # On CUDA, workers only read the bytes of plain JPEGs and nvjpeg decodes each batch on the GPU.
     raw_jpeg = device.type in DEVICE_DECODE
-    dataset = ImageFiles.from_path(images, transform=_transform(info), exclude=(out_csv, errors_csv), raw_jpeg=raw_jpeg,
-                                   roots=roots)
+    dataset = ImageFiles.from_path(images, transform=_transform(info), raw_jpeg=raw_jpeg, roots=roots)
     total = len(dataset)
     batches = -(-total // batch_size)
     # Decoding JPEGs is the CPU-bound part: spread it over worker processes when there is more
@@ -147,12 +137,9 @@ def predict(
         table = pd.concat([table, raw], axis=1)
     error_table = pd.DataFrame(
         {"image_id": [csv_name(dataset.image_ids[i]) for i in sorted(failures)],
-         "reason": [failures[i] for i in sorted(failures)]}
+         "reason": [csv_name(failures[i]) for i in sorted(failures)]}
     )
-    with atomic_path(out_csv) as tmp:
-        table.to_csv(tmp, float_format="%.6f")
-    with atomic_path(errors_csv) as tmp:
-        error_table.to_csv(tmp, index=False)
+    write_outputs(table, error_table, out_csv, errors_csv)
     if failures:
         log.warning("%d of %d file(s) could not be read; see %s", len(failures), total, errors_csv)
     if timings is not None:
@@ -188,13 +175,13 @@ class ImageFiles:
         self._zip_pid: int | None = None
 
     @classmethod
-    def from_path(cls, images: Path, transform, exclude=(), raw_jpeg: bool = False,
+    def from_path(cls, images: Path, transform, raw_jpeg: bool = False,
                   roots: list[Path] | None = None) -> "ImageFiles":
         if not images.exists():
             raise FileNotFoundError(f"{images}: no such folder or zip file")
         if images.is_dir():
             refused: dict[str, str] = {}
-            ids = sorted([*list_folder(images, exclude=exclude, roots=roots, refused=refused), *refused])
+            ids = sorted([*list_folder(images, roots=roots, refused=refused), *refused])
             dataset = cls(ids, transform, folder=images, raw_jpeg=raw_jpeg, roots=roots, refused=refused)
         elif zipfile.is_zipfile(images):
             ids = list_zip(images)
@@ -214,9 +201,10 @@ class ImageFiles:
         image_id = self.image_ids[index]
         if image_id in self.refused:
             return index, None, self.refused[image_id]
-        if self.archive is None and self.roots is not None and not inside(os.path.realpath(self.folder / image_id),
-                                                                            self.roots):
-            return index, None, REFUSED_OUTSIDE  # checked before the file is opened, and again here (a swap)
+        if self.archive is None and self.roots is not None:
+            reason = guard(self.folder / image_id, self.roots)  # checked when listed, and again here (a swap)
+            if reason:
+                return index, None, reason
         try:
             source = self._read_entry(image_id) if self.archive is not None else self.folder / image_id
             if self.raw_jpeg:
@@ -300,98 +288,6 @@ def _read_file(path: Path, image_id: str) -> bytes | None:
         raise ImageError(f"{image_id}: file not found") from None
     except OSError as exc:
         raise ImageError(f"{image_id}: cannot read the file ({exc})") from None
-
-
-def list_folder(folder: Path, exclude=(), roots: list[Path] | None = None,
-                refused: dict[str, str] | None = None) -> list[str]:
-    """Every non-hidden file under `folder` as a relative POSIX path, sorted. Entries refused on the
-    way go into `refused` ({relative path: reason}); the module docstring gives the rules."""
-    excluded = {Path(p).resolve() for p in exclude}
-    top = os.path.realpath(folder)
-    found: list[str] = []
-    refused = {} if refused is None else refused
-    listed = {top}  # real folders whose files are listed: a link to one of them is not followed again
-    pending = [(folder, "")]
-    while pending:
-        directory, prefix = pending.pop()
-        try:
-            entries = sorted(os.scandir(directory), key=lambda e: e.name)
-        except OSError as exc:
-            refused[prefix.rstrip("/") or "."] = f"cannot list the folder ({exc.strerror})"
-            continue
-        for entry in entries:
-            if _hidden(entry.name):
-                continue
-            relative = prefix + entry.name
-            if entry.is_symlink():
-                target = os.path.realpath(entry.path)
-                if roots is not None and not inside(target, roots):
-                    refused[relative] = REFUSED_OUTSIDE  # decided before anything about the target is read
-                elif os.path.isdir(target):
-                    if target in listed or inside(target, [Path(top)]):
-                        refused[relative] = "symlink to a folder whose files are already listed; not followed twice"
-                    else:
-                        listed.add(target)
-                        pending.append((entry.path, relative + "/"))
-                elif Path(target) not in excluded:
-                    found.append(relative)  # a file, or a dangling link: reading it says which
-            elif entry.is_dir(follow_symlinks=False):
-                listed.add(os.path.realpath(entry.path))
-                pending.append((entry.path, relative + "/"))
-            elif not entry.is_file(follow_symlinks=False):
-                refused[relative] = "not a regular file (a device, pipe or socket)"
-            elif Path(entry.path).resolve() not in excluded:
-                found.append(relative)
-    return sorted(found)
-
-
-def list_zip(archive: Path) -> list[str]:
-    """Names of the non-hidden file entries of a zip, sorted; refuses unsafe or duplicate names."""
-    try:
-        with zipfile.ZipFile(archive) as handle:
-            names = [info.filename for info in handle.infolist() if not info.is_dir()]
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise ValueError(f"{archive}: not a readable zip archive ({exc})") from None
-    kept = []
-    for name in names:
-        parts = PurePosixPath(name.replace("\\", "/")).parts
-        if name.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", name) or ".." in parts:
-            raise ValueError(f"{archive}: refused: entry {name!r} has an absolute path or '..'")
-        if not any(_hidden(part) for part in parts):
-            kept.append(name)
-    duplicates = sorted(name for name, count in Counter(kept).items() if count > 1)
-    if duplicates:
-        raise ValueError(f"{archive}: refused: duplicate entries {', '.join(duplicates[:5])}")
-    return sorted(kept)
-
-
-def csv_name(name: str) -> str:
-    """The image_id written for a file name: backslashes doubled, bytes that are not UTF-8 as \\xNN."""
-    raw = os.fsencode(name) if isinstance(name, str) else name
-    return raw.replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace")
-
-
-def file_name(image_id: str) -> str:
-    """The file name (as os functions take it) that `csv_name` wrote as `image_id`."""
-    raw = re.sub(rb"\\(\\|x[0-9a-f]{2})", lambda m: b"\\" if m.group(1) == b"\\" else bytes.fromhex(
-        m.group(1)[1:].decode()), image_id.encode("utf-8"))
-    return os.fsdecode(raw)
-
-
-def _check_output(path: Path) -> None:
-    """Refuse an output file that cannot be written, naming it, before any image is scored."""
-    if path.is_dir():
-        raise IsADirectoryError(f"{path}: is a folder; give the path of the .csv file to write")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OSError(exc.errno, f"{path}: cannot create its folder ({exc.strerror})") from None
-    if not os.access(path.parent, os.W_OK | os.X_OK):
-        raise PermissionError(f"{path}: its folder {path.parent} is not writable")
-
-
-def _hidden(name: str) -> bool:
-    return name.startswith(".") or name == "__MACOSX"
 
 
 def _transform(info: dict):

@@ -23,6 +23,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from faceattr import settings
 from faceattr.run.config import ConfigError, RunConfig, save_or_check
+from faceattr.run.lock import run_lock
 from faceattr.data.access import AccessError, check_path
 from faceattr.data.layout import ATTR_FILE, celeba_dir, images_dir
 from faceattr.orchestration.params import check_conf, train_params
@@ -115,9 +116,12 @@ def run_folder(params: Mapping[str, Any], run_id: str, *, record: bool = False,
     pushes and records nothing: a retry starts from what the last successful task left.
     """
     run = run_context(params, run_id)  # run_id: the DAG run's id
-    artifacts.pull(run.dir)
-    yield run
-    artifacts.push(run.dir)
+    # One process at a time in the folder: a DAG run's tasks follow each other, so only a stray
+    # `faceattr` command (or a zombie try of this task) is refused, in one line naming it.
+    with run_lock(run.dir, f"Airflow task of DAG run {run_id}", create=True):
+        artifacts.pull(run.dir)
+        yield run
+        artifacts.push(run.dir)
     if record:
         with store() as opened:
             opened.sync_run_dir(run.id, run.dir, **run_fields)

@@ -58,14 +58,14 @@ class RunConfig:
     # data
     root: str = "data"
     split: str = field(default="random", metadata=_choice(*SPLIT_STRATEGIES))
-    seed: int = field(default=0, metadata={"min": 0})
+    seed: int = field(default=0, metadata={"min": 0, "max": 2**32 - 1})  # sklearn's and numpy's seed range
     # model
     arch: str = "resnext50_32x4d"
     weights: str = "imagenet"  # imagenet | none | path to a state dict
     # None: what the weights allow. Frozen random layers never learn, so from scratch nothing is
     # frozen; pretrained (or file) weights keep the write-up's first 6 children.
     freeze_children: int | None = field(default=None, metadata={
-        "min": 0, "default_help": f"{FROZEN_PRETRAINED} with imagenet or file weights, 0 with weights none"})
+        "min": 0, "max": 1000, "default_help": f"{FROZEN_PRETRAINED} with imagenet or file weights, 0 with weights none"})
     # optimisation
     epochs: int = field(default=12, metadata={"min": 1, "max": 1000})
     batch_size: int = field(default=64, metadata={"min": 1, "max": 65536})
@@ -78,17 +78,18 @@ class RunConfig:
     # square root ("sqrt"), so rare attributes are not drowned by their negatives.
     pos_weight: str = field(default="none", metadata=_choice(*POS_WEIGHTS))
     tune_thresholds: bool = False  # per-attribute thresholds chosen on validation
-    patience: int = field(default=0, metadata={"min": 0})  # 0: no early stopping
+    patience: int = field(default=0, metadata={"min": 0, "max": 1000})  # 0: no early stopping
     # After each epoch, recompute BatchNorm statistics on this many unaugmented train images (0: off).
     # None: what the weights allow. From scratch the weights move fast, so running averages trail
     # them and were gathered on zoomed training crops; recomputing them on images as evaluation
     # sees them ("precise BN") is then worth a forward pass. Pretrained runs keep the write-up's 0.
     recalibrate_bn: int | None = field(default=None, metadata={
-        "min": 0, "default_help": f"0 with imagenet or file weights, {RECALIBRATE_FROM_SCRATCH} with weights none"})
+        "min": 0, "max": 10**9,
+        "default_help": f"0 with imagenet or file weights, {RECALIBRATE_FROM_SCRATCH} with weights none"})
     # execution
     device: str = field(default="auto", metadata={"pattern": r"auto|cpu|cuda(:\d+)?",
                                                   "hint": "auto, cpu, cuda or cuda:N"})
-    num_workers: int = field(default=-1, metadata={"min": -1})  # -1: one per core, at most 8
+    num_workers: int = field(default=-1, metadata={"min": -1, "max": 1024})  # -1: one per core, at most 8
     data_path: str = field(default="auto", metadata=_choice(*DATA_PATHS))
     compile: bool | None = None  # None: on for CUDA, off on CPU
 
@@ -163,14 +164,38 @@ class RunConfig:
         return {f.name: f.default for f in fields(cls)}
 
 
+def check_continues(config: RunConfig, run_dir: str | os.PathLike) -> RunConfig:
+    """Refuse `config` if the run has started (a split or an epoch) with other learning settings.
+    A folder with neither takes any config: what it saved then led nowhere."""
+    layout = RunLayout(run_dir)
+    if layout.config.exists() and started(layout):
+        config.check_resumable(RunConfig.load(run_dir), where=str(layout.config))
+    return config
+
+
 def save_or_check(config: RunConfig, run_dir: str | os.PathLike) -> RunConfig:
     """Write config.json for a new run, or check that `config` may continue the saved one."""
-    path = RunLayout(run_dir).config
-    if path.exists():
-        saved = RunConfig.load(run_dir)
-        config.check_resumable(saved, where=str(path))
+    check_continues(config, run_dir)
     config.save(run_dir)
     return config
+
+
+def started(layout: RunLayout) -> bool:
+    """Whether a run folder holds work that its config.json describes: a split or a trained epoch."""
+    return layout.split.exists() or bool(layout.trained_epochs())
+
+
+def check_device(device: str) -> None:
+    """Refuse a device this machine does not have (cuda on a CPU, cuda:N past the last GPU)."""
+    if device in ("auto", "cpu"):
+        return
+    import torch  # here, not at the top: DAG files import this module at parse time
+
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device: {device!r} requested but CUDA is not available on this machine")
+    index = int(device.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        raise ConfigError(f"device: {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
 
 
 def _type_name(f: dataclasses.Field) -> str:

@@ -8,6 +8,7 @@
     RUN/best.json, RUN/model.pt       the selected epoch and its inference artefact
     RUN/private_predictions.csv       the private images scored with model.pt
     RUN/report/, RUN/cache/{split}.npy|.json
+    RUN/.lock                         held by the one process working in the folder (faceattr.run.lock)
 """
 from __future__ import annotations
 
@@ -81,6 +82,10 @@ class RunLayout:
     @property
     def private_predictions(self) -> Path:
         return self.root / "private_predictions.csv"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".lock"
 
     @property
     def report(self) -> Path:

@@ -5,9 +5,10 @@ keep current (`sync_run_dir` after each stage) and `faceattr runs` reads. Every 
 upsert on the table's natural key, so a retried task never duplicates a row. Beside this module:
 schema.py (the tables), values.py (the value checks), sync.py (run folder -> rows).
 
-The URL comes from FACEATTR_DB_URL; the default is a SQLite file, $FACEATTR_HOME/faceattr.db
-(FACEATTR_HOME defaults to ./data). The schema is created and upgraded by the Alembic migrations
-in faceattr/store/migrations; a new schema change is a new file in faceattr/store/migrations/versions.
+The URL and the engine come from connection.py (FACEATTR_DB_URL, default a SQLite file under
+FACEATTR_HOME; a reader never creates the store). The schema is created and upgraded by the Alembic
+migrations in faceattr/store/migrations; a new schema change is a new file in
+faceattr/store/migrations/versions.
 
 Only SQLAlchemy is imported at module level: DAG files may import this at parse time.
 """
@@ -22,23 +23,21 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from sqlalchemy import create_engine, event, func, select
-from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy import func, select
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from faceattr import settings
 from faceattr.attributes import ATTRIBUTES, SPLITS
 from faceattr.fsutil import read_json
 from faceattr.run.layout import RunLayout
 from faceattr.store import values as v
+from faceattr.store.connection import StoreError, default_url, make_engine, missing, one_line, quiet_alembic
 from faceattr.store.schema import (
     MIGRATIONS_DIR, TABLES, VERSION_TABLE, AttributeMetric, Base, Epoch, Model, Run, ScoringJob,
 )
 from faceattr.store.sync import read_run_dir
 
-DB_URL_ENV = settings.DB_URL
-DB_FILE = "faceattr.db"
 STATES = v.STATES
 
 # Alembic keeps its migration context in module globals: one upgrade at a time per process.
@@ -48,39 +47,32 @@ _UPGRADE_LOCK = threading.Lock()
 log = logging.getLogger(__name__)
 
 
-class StoreError(RuntimeError):
-    """The store cannot be reached or its schema does not match this faceattr."""
-
-
 class RunNotFoundError(ValueError):
     """A run id that the store does not hold."""
 
 
 # -- the store ----------------------------------------------------------------------------------
-def default_url() -> str:
-    """FACEATTR_DB_URL, else a SQLite file $FACEATTR_HOME/faceattr.db (FACEATTR_HOME: ./data)."""
-    return settings.db_url() or f"sqlite:///{settings.home().resolve() / DB_FILE}"
-
-
 class Store:
     """The run store at one database URL; the schema is brought to the latest migration on open."""
 
-    def __init__(self, url: str | None = None):
-        self.engine = _make_engine(url or default_url())
+    def __init__(self, url: str | None = None, *, create: bool = True):
+        """create=False: a command that only reads; a store that does not exist (no file, or no
+        faceattr schema) is a StoreMissingError and nothing is created."""
+        self.engine = make_engine(url or default_url(), create=create)
         self.url = self.engine.url.render_as_string(hide_password=True)
         try:
-            if self._pending_migrations():
+            if self._pending_migrations(create):
                 self.upgrade()
         except StoreError:
             self.engine.dispose()
             raise
         except SQLAlchemyError as exc:
             self.engine.dispose()
-            raise StoreError(f"run store {self.url}: {exc.__class__.__name__}: {exc}") from None
+            raise StoreError(f"run store {self.url}: {one_line(exc)}") from None
 
     @classmethod
-    def from_env(cls) -> "Store":
-        return cls(default_url())
+    def from_env(cls, *, create: bool = True) -> "Store":
+        return cls(default_url(), create=create)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -100,8 +92,8 @@ class Store:
         config.attributes["connection"] = connection
         return config
 
-    def _pending_migrations(self) -> bool:
-        _quiet_alembic()
+    def _pending_migrations(self, create: bool = True) -> bool:
+        quiet_alembic()
         from alembic.migration import MigrationContext
         from alembic.script import ScriptDirectory
 
@@ -109,6 +101,8 @@ class Store:
         with self.engine.connect() as conn:
             context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
             current = set(context.get_current_heads())
+        if not current and not create:  # an empty database: a reader does not make it a store
+            raise missing(self.url)
         unknown = current - {rev.revision for rev in scripts.walk_revisions()}
         if unknown:
             raise StoreError(
@@ -119,7 +113,7 @@ class Store:
 
     def upgrade(self) -> None:
         """`alembic upgrade head` on this database, in one transaction."""
-        _quiet_alembic()
+        quiet_alembic()
         from alembic import command
 
         log.info("run store %s: bringing the schema to the latest migration", self.url)
@@ -147,7 +141,7 @@ class Store:
             return
         if conn.dialect.name == "sqlite":
             from sqlalchemy.dialects.sqlite import insert
-        else:  # postgresql: _make_engine accepts nothing else
+        else:  # postgresql: make_engine accepts nothing else
             from sqlalchemy.dialects.postgresql import insert
         stmt = insert(table.__table__)
         update = list(update)
@@ -339,54 +333,6 @@ class Store:
         with Session(self.engine) as session:
             job = session.get(ScoringJob, job_id)
             return None if job is None else _row_dict(job)
-
-
-def _quiet_alembic() -> None:
-    """Alembic logs a dozen INFO lines per use, noise in every task log; keep its warnings. Called
-    before alembic is imported (it logs on import), and only if nobody configured its logger."""
-    alembic_log = logging.getLogger("alembic")
-    if alembic_log.level == logging.NOTSET:
-        alembic_log.setLevel(logging.WARNING)
-
-
-# -- engine -------------------------------------------------------------------------------------
-def _make_engine(url: str) -> Engine:
-    try:
-        backend = make_url(url).get_backend_name()
-    except ArgumentError:
-        raise StoreError(f"{DB_URL_ENV}: {url!r} is not a database URL (sqlite:///PATH or postgresql://...)") from None
-    if backend not in ("sqlite", "postgresql"):
-        raise StoreError(f"{DB_URL_ENV}: {backend} is not supported; use SQLite or PostgreSQL")
-    if backend == "sqlite":
-        engine = create_engine(url)
-        database = engine.url.database
-        if database and database != ":memory:" and not database.startswith("file:"):
-            try:
-                Path(database).parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise StoreError(f"run store {url}: cannot create its folder ({exc})") from None
-        _sqlite_transactions(engine)
-        return engine
-    try:
-        return create_engine(url, pool_pre_ping=True)
-    except ModuleNotFoundError as exc:
-        raise StoreError(f"run store: {exc}; PostgreSQL needs a driver such as psycopg2-binary") from None
-
-
-def _sqlite_transactions(engine: Engine) -> None:
-    """SQLAlchemy's recipe for real SQLite transactions (pysqlite would defer BEGIN and commit
-    around DDL), with BEGIN IMMEDIATE for writes so concurrent writers queue on busy_timeout
-    instead of failing with 'database is locked'."""
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, record: Any) -> None:
-        dbapi_connection.isolation_level = None
-        dbapi_connection.execute("PRAGMA foreign_keys = ON")
-        dbapi_connection.execute("PRAGMA busy_timeout = 30000")
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("faceattr_write") else "BEGIN")
 
 
 # -- row -> dict -----------------------------------------------------------------------

@@ -219,12 +219,11 @@ def test_predict_counts_add_up_and_zip_matches_folder(tmp_path, model_file):
     assert (tmp_path / "zip.csv").read_text().splitlines()[0] == ",".join(["image_id", *ATTRIBUTES])
 
 
-def test_output_inside_the_input_folder_is_not_scored_next_time(tmp_path, model_file):
+def test_output_inside_the_input_folder_is_refused(tmp_path, model_file):
     folder = _write_folder(tmp_path / "private", {"a.jpg": _input_files()["a.jpg"]})
-    first = predict(model_file, folder, folder / "preds.csv")
-    second = predict(model_file, folder, folder / "preds.csv")
-    assert first["images"] == second["images"] == 1 and second["errors"] == 0
-    assert (folder / "preds.errors.csv").read_text() == "image_id,reason\n"
+    with pytest.raises(ValueError, match="preds.csv: inside the images folder"):
+        predict(model_file, folder, folder / "preds.csv")
+    assert sorted(path.name for path in folder.iterdir()) == ["a.jpg"]
 
 
 @pytest.mark.parametrize("entry", ["../escape.jpg", "/etc/abs.jpg", "C:/windows.jpg", "ok/../../up.jpg"])

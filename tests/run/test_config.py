@@ -96,10 +96,26 @@ def test_round_trip_and_corrupt_file(tmp_path):
 
 def test_resume_allows_execution_changes_only(tmp_path):
     save_or_check(RunConfig(lr=0.01), tmp_path)
+    (tmp_path / "split.csv").write_text("image_id,split\na.jpg,train\n")  # the run has started
     save_or_check(RunConfig(lr=0.01, device="cpu", epochs=20), tmp_path)  # where/how long: fine
     with pytest.raises(ConfigError, match="lr: saved 0.01, now 0.02"):
         save_or_check(RunConfig(lr=0.02), tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["epochs"] == 20
+
+
+def test_a_folder_without_a_split_or_an_epoch_takes_a_corrected_config(tmp_path):
+    save_or_check(RunConfig(arch="nosuch"), tmp_path)  # what a failed start left
+    save_or_check(RunConfig(arch="resnet18"), tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["arch"] == "resnet18"
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "epoch_1.pt").write_bytes(b"")  # an epoch, even without a split: started
+    with pytest.raises(ConfigError, match="arch: saved 'resnet18', now 'resnet34'"):
+        save_or_check(RunConfig(arch="resnet34"), tmp_path)
+
+
+def test_a_seed_past_what_sklearn_takes_is_refused_naming_seed():
+    with pytest.raises(ConfigError, match="seed: 4294967296 is above the maximum 4294967295"):
+        RunConfig(seed=2**32)
 
 
 # -- the trigger form's schema and the library's validation agree at every boundary -------------
