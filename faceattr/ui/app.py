@@ -18,7 +18,6 @@ from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from sqlalchemy import select
-from sqlalchemy.engine import make_url
 
 from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
 from airflow.api_fastapi.common.db.common import SessionDep
@@ -29,6 +28,7 @@ from airflow.models.taskinstance import TaskInstance
 from faceattr import settings
 from faceattr.run.layout import sanitize_run_id
 from faceattr.store import registry
+from faceattr.store.connection import StoreMissingError
 from faceattr.store.store import RunNotFoundError, Store, default_url
 from faceattr.ui import compare as compare_html, data, jobs, model_pages, models, pages
 
@@ -63,12 +63,13 @@ def store():
     url = default_url()
     with _lock:
         if url not in _stores:
-            parsed = make_url(url)
-            if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
-                raise HTTPException(503, f"run store {url}: no such database file; set {settings.DB_URL} (or "
-                                         f"{settings.HOME}) for the API server to the store the DAG's tasks write")
-            log.info("faceattr UI: run store %s", parsed.render_as_string(hide_password=True))
-            _stores[url] = Store(url)
+            try:
+                opened = Store(url, create=False)
+            except StoreMissingError as exc:
+                raise HTTPException(503, f"{exc}; set {settings.DB_URL} (or {settings.HOME}) for the API server "
+                                         "to the store the DAG's tasks write") from None
+            log.info("faceattr UI: run store %s", opened.url)
+            _stores[url] = opened
         return _stores[url]
 
 

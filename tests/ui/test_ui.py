@@ -203,3 +203,8 @@ def test_without_a_run_store_the_ui_says_which_setting_and_creates_nothing(clien
     response = client.get("/api/runs")
     assert response.status_code == 503 and "FACEATTR_DB_URL" in response.text
     assert not missing.exists()
+    empty = tmp_path / "empty.db"  # a file without faceattr's tables: not migrated by a page view either
+    empty.touch()
+    monkeypatch.setenv("FACEATTR_DB_URL", f"sqlite:///{empty}")
+    assert client.get("/api/runs").status_code == 503
+    assert empty.stat().st_size == 0
