@@ -4,6 +4,7 @@ the projection of a 12-epoch full-CelebA run from what they measured.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
