@@ -4,7 +4,7 @@ Three figures, each in images per second for both recipes and their ratio:
 
     data_path  one training pass of the data alone: the write-up's DataLoader (PIL decode +
                flip/resize/crop + normalise per image in worker processes) against the decode-once
-               cache with batched tensor augmentation on the device (faceattr.data.CachedLoader)
+               cache with batched tensor augmentation on the device (faceattr.data.loaders.CachedLoader)
     train      the training loop, data included: the write-up's fp32 eager loop at batch 64
                against faceattr.engine.train.train_one_epoch on the cache path (bf16 autocast,
                channels_last, torch.compile and cuDNN autotuning on CUDA, at the GPU preset's batch,

@@ -1,4 +1,4 @@
-"""faceattr's command line: the --preset flag names the GPU settings of issue 17 item 9."""
+"""faceattr's command line: the --preset flag names the GPU settings (batch size, data path, workers)."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""faceattr.pipeline.fit: `faceattr fit` end to end on a fresh synthetic dataset (the issue's
+"""faceattr.pipeline.fit: `faceattr fit` end to end on a fresh synthetic dataset (the
 acceptance check, slow), and the epoch loop's early stopping and resuming with stand-in stages."""
 from __future__ import annotations
 

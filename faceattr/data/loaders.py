@@ -138,7 +138,7 @@ def make_loader(
 # -- the fast path: the decode-once cache and augmentation as batched tensor ops ----------------
 # data_path (RunConfig):
 #   "pil"   the write-up's DataLoader above: decode + augment each image in worker processes.
-#   "cache" batches sliced out of RUN/cache/{split}.npy (faceattr.cache; built here first when
+#   "cache" batches sliced out of RUN/cache/{split}.npy (faceattr.data.cache; built here first when
 #           missing) and augmented as batched tensor ops on the training device.
 #   "auto"  "cache" when the split's cache is already built, or on CUDA (building it once, about
 #           as long as one PIL epoch); "pil" on a CPU without a cache.

@@ -1,5 +1,5 @@
 """faceattr.engine.predict's bad inputs: --out a folder or a full disk, names that are not UTF-8,
-symlinked folders, links out of FACEATTR_DATA_ROOTS (issue 16 §2, cases 1-4)."""
+symlinked folders, links out of FACEATTR_DATA_ROOTS."""
 from __future__ import annotations
 
 import csv
