@@ -148,7 +148,9 @@ def run_section(args) -> int:
     if simulated.get(args.section) == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from gpu_common import BLOCKER  # the blocker first: everything after it must do without Airflow
+    # Imported here, in the child only: the parent stays free of torch and faceattr so that a section
+    # that crashes takes nothing else with it; and the blocker must be in place before faceattr loads.
+    from gpu_common import BLOCKER
 
     exec(BLOCKER)  # noqa: S102
     import logging
@@ -180,11 +182,12 @@ def write(path: Path, result: dict) -> None:
 
 def brief(result: dict) -> str:
     """One short line: ok or the error, the seconds, and the section's headline figures."""
-    if "skipped" in result:
+    if isinstance(result.get("skipped"), str):  # the section (cuda_tests' "skipped" counts tests)
         return f"skipped ({result['skipped']})"
     state = "FAILED: " + str(result["error"])[:200] if "error" in result else "ok"
     headline = {key: result[key] for key in ("images_per_second", "rate_img_s", "fixed_s", "upload_s", "labels_parse_s",
-                                             "device_name", "failed_at", "failures", "skipped_tests") if key in result}
+                                             "device_name", "failed_at", "tests", "failures", "errors", "skipped")
+                if key in result}
     return f"{state} in {result.get('seconds', '?')} s" + (f"; {json.dumps(headline, default=str)}" if headline else "")
 
 

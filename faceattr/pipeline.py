@@ -11,9 +11,14 @@ import math
 import time
 from pathlib import Path
 
-from faceattr.run.config import RunConfig, save_or_check
+from faceattr.data.split import make_split
+from faceattr.engine import selection
+from faceattr.engine.distributed import launch_epoch
+from faceattr.engine.evaluate import evaluate_epoch
 from faceattr.run import metrics
+from faceattr.run.config import RunConfig, save_or_check
 from faceattr.run.layout import RunLayout
+from faceattr.run.report import write_report
 from faceattr.run.selection import ranking_score, stop_reason
 
 log = logging.getLogger(__name__)
@@ -27,12 +32,6 @@ def fit(config: RunConfig, run_dir: str | Path) -> dict:
     one that then picks the best epoch). Each epoch is spread over the visible GPUs as the DAG's
     train task does (faceattr.engine.distributed.launch_epoch).
     """
-    from faceattr.data.split import make_split
-    from faceattr.engine import selection
-    from faceattr.engine.distributed import launch_epoch
-    from faceattr.engine.evaluate import evaluate_epoch
-    from faceattr.run.report import write_report
-
     start = time.perf_counter()
     run_dir = Path(run_dir)
     layout = RunLayout(run_dir)
