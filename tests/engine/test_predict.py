@@ -329,8 +329,7 @@ def test_predict_with_many_loader_workers_and_a_low_open_file_limit(tmp_path, mo
         resource.setrlimit(resource.RLIMIT_NOFILE, (128, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
         import faceattr.engine.predict as predict_module
         predict_module.DEVICE_DECODE = ("cpu",)
-        import faceattr.runtime
-        faceattr.runtime.resolve_num_workers = lambda n: 2  # two worker processes on any machine
+        predict_module.resolve_num_workers = lambda n: 2  # two worker processes on any machine
         # The model is not what is tested: zeros keep 600 images fast on two cores.
         predict_module.queue_scores = lambda model, images, device, pad_to=None: torch.zeros(len(images), 40)
         result = predict_module.predict({str(model_file)!r}, {str(folder)!r}, {str(tmp_path / "out.csv")!r},
