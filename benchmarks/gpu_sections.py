@@ -58,9 +58,6 @@ def imports_section(ctx: dict) -> dict:
 
 def nvjpeg_section(ctx: dict) -> dict:
     """How decode_jpeg on the device and faceattr's JpegDecoder treat awkward files (vs PIL's pixels)."""
-
-
-
     device = ctx["device"]
     good = _jpeg(_pixels(0))
     gray = _jpeg(_pixels(1), mode="L")
@@ -135,8 +132,6 @@ def cuda_tests_section(ctx: dict) -> dict:
 
 def sync_sites_section(ctx: dict) -> dict:
     """Every host-device sync in the warm training loop and in scoring, by the source line that asked for it."""
-
-
     device = ctx["device"]
     if device.type != "cuda":
         return {"skipped": "torch.cuda.set_sync_debug_mode needs CUDA"}
@@ -171,8 +166,6 @@ def sync_sites_section(ctx: dict) -> dict:
 # -- helpers ------------------------------------------------------------------------------------
 def _training_setup(ctx: dict, n: int) -> dict:
     """A model, optimizer and device-resident cache loader as faceattr.engine.train builds them, on random pixels."""
-
-
     sizes, device = ctx["sizes"], ctx["device"]
     torch.manual_seed(0)
     model = build_model(sizes.arch, "none", 6).to(device)
@@ -208,8 +201,6 @@ def _pixels(seed: int, size: tuple[int, int] = (178, 218)):
 
 
 def _jpeg(pixels, mode: str = "RGB") -> bytes:
-
-
     buffer = io.BytesIO()
     Image.fromarray(pixels).convert(mode).save(buffer, "JPEG", quality=90)
     return buffer.getvalue()
@@ -232,8 +223,6 @@ def _jpeg_folder(ctx: dict, n: int) -> Path:
 
 
 def _model_file(ctx: dict) -> Path:
-
-
     path = ctx["work"] / "model.pt"
     if not path.is_file():
         torch.manual_seed(0)

@@ -88,8 +88,6 @@ def steady_loop_section(ctx: dict) -> dict:
 
 def steady_rate(work: str, dry_run: bool, benchmark: bool) -> dict:
     """steady_loop_section's measurement in this (fresh) process, with cudnn.benchmark = `benchmark`."""
-
-
     torch.backends.cudnn.benchmark = benchmark  # before any convolution has run in this process
     sizes = Sizes(dry_run)
     device = torch.device("cpu" if dry_run else "cuda")

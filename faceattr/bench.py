@@ -87,7 +87,6 @@ def run_benchmark(size: str = "auto", device: str | None = None, data_root: str 
     `data_root`: a dataset ROOT (ROOT/celeba/...) whose first images are used; default: a
     synthetic set written to a temporary folder (faceattr.synth.files) and removed afterwards.
     """
-
     out = out if out is not None else sys.stdout
     if size not in SIZE_CHOICES:
         raise ValueError(f"size: {size!r} is not one of {', '.join(SIZE_CHOICES)}")
@@ -151,7 +150,6 @@ def format_table(figures: dict[str, Any]) -> str:
 # -- data ---------------------------------------------------------------------------------------
 def _dataset(work: Path, spec: BenchSize, data_root: str | Path | None):
     """(root, image ids, labels N x 40 int8, description): a given ROOT or a synthetic one."""
-
     if data_root is not None:
         root = Path(data_root)
         attributes = read_attributes(celeba_dir(root) / ATTR_FILE)
@@ -189,7 +187,6 @@ def _cache_figures(run_dir: Path, root: Path, image_ids: list[str]) -> dict[str,
 
 def _writeup_loader(root: Path, image_ids, labels, batch_size: int, device, *, train: bool):
     """The write-up's loader: PIL per image in worker processes (faceattr's reference PIL path)."""
-
     workers = resolve_num_workers(-1)
     dataset = CelebAImages(images_dir(root), image_ids, labels, train_transform() if train else eval_transform())
     return DataLoader(dataset, batch_size=batch_size, shuffle=train, num_workers=workers,
@@ -224,7 +221,6 @@ def _data_path_figures(run_dir, root, image_ids, labels, spec: BenchSize, device
 
 
 def _train_figures(run_dir, root, image_ids, labels, spec: BenchSize, device) -> dict[str, Any]:
-
     ids, rows = image_ids[: spec.train_images], labels[: spec.train_images]
     config = RunConfig(arch=spec.arch, weights="none")
     loss_fn = AttributeLoss("mse").to(device)

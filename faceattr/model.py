@@ -163,7 +163,6 @@ def check_run_model(info: dict, path: str | os.PathLike, run_dir: str | os.PathL
 def export_model(path: str | os.PathLike, state_dict: dict, config: "RunConfig", *, epoch: int, thresholds,
                  run: str, val_mean_accuracy: float) -> Path:
     """Write the inference artifact (model.pt, read by load_model_file): weights plus everything needed to use them."""
-
     thresholds = torch.as_tensor(np.asarray(thresholds, dtype=np.float32)).reshape(-1)
     if thresholds.numel() != len(ATTRIBUTES):
         raise ValueError(f"thresholds: expected {len(ATTRIBUTES)} values, got {thresholds.numel()}")
@@ -200,7 +199,6 @@ def clean_state_dict(state: Any, source: str | os.PathLike) -> dict:
 # -- helpers ----------------------------------------------------------------------------------
 def _imagenet_model(arch: str, kwargs: dict[str, Any]) -> "torch.nn.Module":
     """get_model with the DEFAULT ImageNet weights; a clear error when they cannot be fetched."""
-
     weights_enum = models.get_model_weights(arch).DEFAULT
     checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
     cached = checkpoints / os.path.basename(weights_enum.url)

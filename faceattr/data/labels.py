@@ -137,7 +137,6 @@ def _read_table(
 
 def _read_table_fast(body: bytes, columns: list[str], dtype) -> "pd.DataFrame | None":
     """Rows split on single spaces or runs of spaces (LF or CRLF), or None where pandas cannot read them."""
-
     try:
         frame = pd.read_csv(
             io.BytesIO(body), sep=" ", skipinitialspace=True, header=None, names=["image_id", *columns],

@@ -27,7 +27,6 @@ def subsample(source: str | Path, out: str | Path, n: int, seed: int = 0) -> dic
     """Write `n` of `source`'s images (a folder with img_align_celeba.zip or img_align_celeba/ and the
     list files) to `out` in the same layout, images extracted. Keeps an `out` already drawn from the
     same source with the same n and seed."""
-
     source, out = Path(source), Path(out)
     if n < 1:
         raise ValueError(f"n: {n} must be at least 1")

@@ -96,7 +96,6 @@ def _build_cache_once(run_dir: str | Path, config: RunConfig) -> None:
 def _rank_main(rank: int, world_size: int, backend: str, rendezvous: str, run_dir: str, epoch: int,
                config: dict, result_path: str) -> None:
     """Body of one spawned rank."""
-
     options = {}
     if backend == "gloo":  # share the cores instead of oversubscribing them
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
