@@ -43,7 +43,8 @@ def env_section(ctx: dict) -> dict:
     return {
         "python": sys.version.split()[0], "torch": torch.__version__, "torchvision": torchvision.__version__,
         "device": str(device), "cuda_available": torch.cuda.is_available(),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "device_name": torch.cuda.get_device_name(device) if torch.cuda.is_available() and device.type == "cuda"
+        else "cpu",
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "cpu_count": os.cpu_count(),
     }
