@@ -140,19 +140,20 @@ def test_the_decoder_runs_decode_jpeg_on_its_stream_and_hands_the_batch_over(mon
 def test_device_decoded_scores_match_an_idle_decode_while_the_caller_stream_is_busy(monkeypatch):
     """Long kernels queued on the caller's stream write to memory that is then freed; decoding right
     after must not be handed that memory while those kernels still write it. faceattr's decode gives
-    exactly the pixels, and the fp32 model exactly the scores, of a decode on an idle device; and the
-    labels of the CPU's (PIL) decode wherever a score is not within the decoders' tolerance of 0."""
+    exactly the pixels, and the fp32 model exactly the scores, of a decode on an idle device, and
+    pixels within the decoders' differences of the CPU's decode."""
     from faceattr.engine.inference import prepare_for_inference
     from faceattr.model import build_model
 
-    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
-    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
     device = torch.device("cuda")
     files = _jpegs(16)
     raw = RawJpegs.pack(list(range(16)), files)
     torch.manual_seed(0)
     model = prepare_for_inference(build_model("resnet18", weights="none", freeze_children=0), device)
     model.to(memory_format=torch.contiguous_format)
+    # After prepare_for_inference (which turns autotuning on): the same algorithms for every call.
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
 
     def scores(batch: torch.Tensor) -> torch.Tensor:  # fp32 throughout: no autocast
         with torch.inference_mode():
@@ -179,9 +180,8 @@ def test_device_decoded_scores_match_an_idle_decode_while_the_caller_stream_is_b
         assert torch.equal(batch, reference), f"trial {trial}: decoded pixels differ from an idle decode"
         assert torch.equal(scores(batch), reference_scores), f"trial {trial}: scores differ"
 
+    # Against the CPU's (PIL) decode of the same files: nvjpeg and libjpeg differ by a grey level here
+    # and there (IDCT, chroma upsampling), never by what a corrupted decode gives.
     cpu_batch = torch.stack([eval_transform()(Image.open(io.BytesIO(data)).convert("RGB")) for data in files])
-    cpu_scores = scores(cpu_batch.to(device))
-    tolerance = float((cpu_scores - reference_scores).abs().max())
-    assert tolerance < 0.05 * float(reference_scores.std()) + 1e-4  # a grey level here and there
-    clear = reference_scores.abs() > tolerance
-    assert torch.equal((reference_scores >= 0)[clear], (cpu_scores >= 0)[clear])
+    one_level = 1 / 255 / min(STD)
+    assert float((reference.cpu() - cpu_batch).abs().mean()) <= 3 * one_level
