@@ -1,122 +1,285 @@
-"""The GPU check of issue 17: one call on a device machine, one JSON summary on stdout.
+"""The GPU check: one call on a device machine; every section's figures written as soon as it is done.
 
-    PYTHONPATH=. python benchmarks/gpu_check.py             # on a CUDA machine, under 8 minutes
-    PYTHONPATH=. python benchmarks/gpu_check.py --dry-run   # anywhere: CPU, tiny sizes, same code paths
+    PYTHONPATH=. python benchmarks/gpu_check.py --out DIR            # on a CUDA machine, within --budget-s
+    PYTHONPATH=. python benchmarks/gpu_check.py --out DIR --dry-run  # anywhere: CPU, tiny sizes, same code paths
 
-Sections (each reports its own seconds; one that fails records its error and the rest still run;
-a section is skipped when the time budget, --budget-s, has no room for it):
+Each section runs in a process of its own with its own time limit: a section that hangs, crashes
+or kills its process costs its limit and leaves an error in its file, and the next one starts.
+DIR/<section>.json is written the moment the section ends, with one summary line on stdout; at the
+end DIR/summary.json gathers them with the targets and the projection of a 12-epoch full-CelebA
+run, which is also printed stage by stage. The headline sections come first:
 
     env          Python, torch, torchvision, device, cuDNN
-    imports      the library paths below import without Airflow or SQLAlchemy (blocked in a subprocess)
-    nvjpeg       decode_jpeg on the device for a good, a gray, an odd-size and three corrupt JPEGs:
-                 alone, in a batch with a good one, and through faceattr's JpegDecoder
-    cuda_tests   the tests marked `cuda`, with FACEATTR_REQUIRE_CUDA=1 (a skip is a failure)
-    pipeline     split -> cache -> train epoch 1 (cold compile cache) -> epoch 2 (warm) -> validate
-                 -> select -> test, each as its own `faceattr` process like an Airflow task, with
-                 the parts each epoch records in metrics/train_epoch_K.json
-    steady_loop  the training loop on a device-resident cache, cuDNN autotuning off and on (a
-                 fresh process each: cuDNN's plan cache would carry the first setting's plans over)
-    sync_sites   host-device synchronisations (torch.cuda.set_sync_debug_mode("warn")) in the
-                 training loop (resident and streamed cache) and in scoring, by source line
+    steady_loop  the training loop on a device-resident cache, cuDNN autotuning off and on (a fresh
+                 process each: cuDNN's plan cache would carry the first setting's plans over)
     scoring      faceattr predict at two set sizes: the rate and the fixed cost apart, and the
                  end-to-end rate that gives for 200,000 files
+    pipeline     split -> cache -> train epoch 1 (cold compile cache) -> epoch 2 (warm) -> validate
+                 -> select -> test, each as its own `faceattr` process like an Airflow task
+    fixed_cost   an epoch task's fixed cost at CelebA's train size: label parsing and the upload of a
+                 162,770-image cache
+    cuda_tests   the tests marked `cuda`, with FACEATTR_REQUIRE_CUDA=1 (a skip is a failure)
+    nvjpeg       decode_jpeg on the device for a good, a gray, an odd-size and three corrupt JPEGs
+    sync_sites   host-device synchronisations in the training loop and in scoring, by source line
+    imports      the library paths import without Airflow or SQLAlchemy (blocked)
 
-The figures are compared with the issue's targets under "targets"; a dry run measures nothing.
 Every library path runs with Airflow and SQLAlchemy blocked: the device has neither.
+FACEATTR_GPU_CHECK_SIMULATE="section=hang,other=kill" makes those sections hang or SIGKILL their
+own process (the tests of this script use it).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
+import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from gpu_sections import (BLOCKER, REPO, Sizes, cuda_tests_section, env_section, imports_section, nvjpeg_section,
-                          pipeline_section, scoring_section, steady_loop_section, sync_sites_section, _line, _tail)
+REPO = Path(__file__).resolve().parents[1]
+# name, seconds it may take on a GPU: the limits add up to DEFAULT_BUDGET_S, so every section fits.
+# The headline sections get the most room: a cold torch.compile of ResNeXt50 alone can take a minute.
+SECTIONS = [("env", 20), ("steady_loop", 120), ("scoring", 60), ("pipeline", 160), ("fixed_cost", 50),
+            ("cuda_tests", 75), ("nvjpeg", 20), ("sync_sites", 20), ("imports", 25)]
+DEFAULT_BUDGET_S = 550  # under the device's 10-minute limit per command, with room to start
+assert sum(limit for _, limit in SECTIONS) <= DEFAULT_BUDGET_S
+# A dry run on a CPU takes longer than the GPU limits (several minutes for the pipeline on two cores).
+DRY_RUN_LIMIT_S, DRY_RUN_BUDGET_S = 600, 1800
+SIMULATE = "FACEATTR_GPU_CHECK_SIMULATE"
+# Full CelebA (list_eval_partition.txt's sizes): what the projection of a 12-epoch run is made for.
+CELEBA_TRAIN, CELEBA_VAL, CELEBA_TEST = 162_770, 19_867, 19_962
 
-SECTIONS: list[tuple[str, Callable[[dict], dict], float]] = [  # name, function, seconds it needs on a GPU
-    ("env", env_section, 5), ("imports", imports_section, 30), ("nvjpeg", nvjpeg_section, 15),
-    ("cuda_tests", cuda_tests_section, 90), ("pipeline", pipeline_section, 200),
-    ("steady_loop", steady_loop_section, 120), ("sync_sites", sync_sites_section, 30),
-    ("scoring", scoring_section, 40),
-]
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="folder for one JSON file per section and summary.json")
+    parser.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes: checks the script, measures nothing")
+    parser.add_argument("--budget-s", type=float,
+                        help=f"hard deadline for the whole check (default {DEFAULT_BUDGET_S}; {DRY_RUN_BUDGET_S} dry)")
+    parser.add_argument("--limit", action="append", default=[], metavar="SECTION=SECONDS",
+                        help="a section's own time limit instead of its default (tests)")
+    parser.add_argument("--only", nargs="*", help="run only these sections")
+    parser.add_argument("--section", help=argparse.SUPPRESS)  # the child: run this one section
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.section:
+        return run_section(args)
+    names = [name for name, _ in SECTIONS]
+    try:
+        limits = {name: float(seconds) for name, seconds in (item.split("=", 1) for item in args.limit)}
+    except ValueError:
+        parser.error(f"--limit: expected SECTION=SECONDS, got {' '.join(args.limit)}")
+    unknown = sorted((set(args.only or ()) | set(limits)) - set(names))
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(names)}")
+
+    if args.budget_s is None:
+        args.budget_s = DRY_RUN_BUDGET_S if args.dry_run else DEFAULT_BUDGET_S
+    deadline = time.time() + args.budget_s
+    args.out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="faceattr-gpu-check-") as work:
+        for name, limit in SECTIONS:
+            if args.only and name not in args.only:
+                continue
+            if args.dry_run:
+                limit = DRY_RUN_LIMIT_S
+            limit = limits.get(name, limit)
+            left = deadline - time.time()
+            if left < 1:
+                result = {"skipped": f"the check's deadline ({args.budget_s:.0f} s) has passed"}
+            else:
+                result = spawn(name, min(limit, left), args, Path(work))
+            write(args.out / f"{name}.json", result)
+            results[name] = result
+            print(f"gpu_check: {name}: {brief(result)}", flush=True)
+            if name == "env" and not args.dry_run and result.get("cuda_available") is not True:
+                print("gpu_check: no usable CUDA device (torch.cuda.is_available() is not True); use --dry-run on "
+                      "a CPU", flush=True)
+                return 1
+    return finish(results, args)
 
 
-def _get(summary: dict, *keys):
+def spawn(name: str, limit: float, args, work: Path) -> dict:
+    """Run one section in a child process of its own session; kill it all at `limit` seconds."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--section", name, "--out", str(args.out),
+               "--work", str(work), "--deadline", str(time.time() + limit)] + (["--dry-run"] if args.dry_run else [])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    (args.out / f"{name}.json").unlink(missing_ok=True)
+    start = time.time()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=REPO,
+                               start_new_session=True)
+    try:
+        _, stderr = process.communicate(timeout=limit)
+        problem = None if process.returncode == 0 else describe_exit(process.returncode)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # the section and whatever it started
+        _, stderr = process.communicate()
+        problem = f"timed out after {limit:.0f} s (its limit)"
+    seconds = round(time.time() - start, 2)
+    written = args.out / f"{name}.json"
+    if written.is_file():
+        try:
+            result = json.loads(written.read_text())
+        except ValueError:
+            result = {"error": f"{written}: not valid JSON"}
+    else:
+        result = {"error": problem or "the section's process wrote no result"}
+    if problem and "error" not in result:
+        result["error"] = problem
+    if "error" in result and stderr:
+        result["stderr_tail"] = "\n".join(stderr.decode(errors="replace").strip().splitlines()[-8:])
+    result["seconds"] = seconds
+    return result
+
+
+def describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        return f"its process was killed by signal {signal.Signals(-returncode).name}"
+    return f"its process exited with status {returncode}"
+
+
+def run_section(args) -> int:
+    """The child: install the blocker, run the section, write its JSON (atomically) before exiting."""
+    simulated = dict(item.split("=", 1) for item in os.environ.get(SIMULATE, "").split(",") if "=" in item)
+    if simulated.get(args.section) == "hang":
+        time.sleep(10**6)
+    if simulated.get(args.section) == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    # Imported here, in the child only: the parent stays free of torch and faceattr so that a section
+    # that crashes takes nothing else with it; and the blocker must be in place before faceattr loads.
+    from gpu_common import BLOCKER
+
+    exec(BLOCKER)  # noqa: S102
+    import logging
+    import traceback
+
+    import torch
+
+    import gpu_sections
+    import gpu_timings
+    from gpu_common import Sizes, line, tail
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    function = getattr(gpu_sections, f"{args.section}_section", None) or getattr(gpu_timings, f"{args.section}_section")
+    ctx = {"device": torch.device("cpu" if args.dry_run else "cuda"), "sizes": Sizes(args.dry_run), "work": args.work,
+           "deadline": args.deadline}
+    try:
+        result = function(ctx)
+    except Exception as exc:  # noqa: BLE001 - recorded in the section's file
+        result = {"error": f"{type(exc).__name__}: {line(exc)}", "traceback": tail(traceback.format_exc(), 8)}
+    write(args.out / f"{args.section}.json", result)
+    return 0
+
+
+def write(path: Path, result: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(result, default=str, indent=1))
+    os.replace(tmp, path)
+
+
+def brief(result: dict) -> str:
+    """One short line: ok or the error, the seconds, and the section's headline figures."""
+    if isinstance(result.get("skipped"), str):  # the section (cuda_tests' "skipped" counts tests)
+        return f"skipped ({result['skipped']})"
+    if "error" in result:
+        state = "FAILED: " + " ".join(str(result["error"]).split())[:200]
+    else:
+        state = "FAILED" if failed(result) else "ok"
+    headline = {key: result[key] for key in ("images_per_second", "rate_img_s", "fixed_s", "upload_s", "labels_parse_s",
+                                             "device_name", "failed_at", "tests", "failures", "errors", "skipped")
+                if key in result}
+    return f"{state} in {result.get('seconds', '?')} s" + (f"; {json.dumps(headline, default=str)}" if headline else "")
+
+
+def failed(result: dict) -> bool:
+    return bool("error" in result or result.get("failures") or result.get("errors") or result.get("ok") is False
+                or "failed_at" in result)
+
+
+def finish(results: dict, args) -> int:
+    summary = {"check": "gpu_check", "dry_run": args.dry_run, "sections": results,
+               "failed_sections": [name for name, result in results.items() if failed(result)],
+               "targets": targets(results, args.dry_run),
+               "projection_12_epochs_full_celeba": projection(results)}
+    write(args.out / "summary.json", summary)
+    plan = summary["projection_12_epochs_full_celeba"]
+    label = " (dry run: CPU figures, not a projection)" if args.dry_run else ""
+    for stage, figures in plan["stages"].items():
+        print(f"gpu_check: projection{label}: {stage}: {figures['seconds']} s x {figures['times']}", flush=True)
+    print(f"gpu_check: projection{label}: 12 epochs of full CelebA: "
+          f"{plan['total_minutes'] if plan['total_minutes'] is not None else 'unknown'} minutes"
+          + (f" (missing: {', '.join(plan['missing'])})" if plan["missing"] else ""), flush=True)
+    print(f"gpu_check: every section's file and summary.json are in {args.out}", flush=True)
+    return 1 if summary["failed_sections"] else 0
+
+
+def _get(sections: dict, *keys):
+    value = sections
     for key in keys:
-        if not isinstance(summary, dict) or key not in summary:
-            return None
-        summary = summary[key]
-    return summary
+        value = value.get(key) if isinstance(value, dict) else None
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def targets(summary: dict, dry_run: bool) -> dict:
-    """The issue's §3 targets against what was measured (none in a dry run)."""
-    sections = summary["sections"]
+def targets(sections: dict, dry_run: bool) -> dict:
+    """The GPU targets against what was measured (none in a dry run)."""
     measured = {
         "train_loop_img_s >= 10000": (_get(sections, "steady_loop", "images_per_second", "cudnn_benchmark_on"), 10_000),
         "epoch_task_fixed_s_warm_cache <= 10": (_get(sections, "pipeline", "tasks", "train_epoch_2", "fixed_s"), -10),
         "score_rate_img_s >= 12000": (_get(sections, "scoring", "rate_img_s"), 12_000),
         "score_200k_files_end_to_end_img_s >= 8000": (_get(sections, "scoring", "end_to_end_200k_img_s"), 8_000),
     }
-    result: dict[str, Any] = {}
+    result: dict = {}
     for name, (value, target) in measured.items():
         if dry_run or value is None:
             result[name] = "unmeasured" + (" (dry run)" if dry_run else "")
         else:
             result[name] = {"value": value, "met": value >= target if target > 0 else value <= -target}
-    result["full_12_epoch_celeba_run_minutes <= 8"] = "unmeasured (needs full CelebA through the DAG)"
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes: checks the script, measures nothing")
-    parser.add_argument("--budget-s", type=float, default=450.0, help="skip sections that would not fit (default 450)")
-    parser.add_argument("--only", nargs="*", help="run only these sections")
-    args = parser.parse_args(argv)
-    exec(BLOCKER)  # this process too: everything it imports from faceattr must do without them  # noqa: S102
-    sys.path.insert(0, str(REPO))
-    import logging
+def projection(sections: dict) -> dict:
+    """A 12-epoch full-CelebA run through the DAG, stage by stage, from the measured parts:
+    the epoch task's fixed cost (pipeline's warm epoch 2, with its small upload and label parse
+    replaced by the full-size ones), the steady training rate, and the scoring rate for the
+    validation and test passes. Each stage says what it is made of; a missing part leaves it out."""
+    def get(*keys):
+        return _get(sections, *keys)
 
-    import torch
-
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
-    started = time.perf_counter()
-    if not args.dry_run and not torch.cuda.is_available():
-        print(json.dumps({"check": "gpu_check", "error": "no usable CUDA device (torch.cuda.is_available() is "
-                                                         "False); use --dry-run to check the script on a CPU"}))
-        return 1
-    with tempfile.TemporaryDirectory(prefix="faceattr-gpu-check-") as tmp:
-        ctx = {"device": torch.device("cpu" if args.dry_run else "cuda"), "sizes": Sizes(args.dry_run), "work": Path(tmp),
-               "deadline": None if args.dry_run else started + args.budget_s}
-        summary: dict[str, Any] = {"check": "gpu_check", "dry_run": args.dry_run, "sections": {}}
-        for name, section, needs_s in SECTIONS:
-            if args.only and name not in args.only:
-                continue
-            left = args.budget_s - (time.perf_counter() - started)
-            if not args.dry_run and left < needs_s:
-                summary["sections"][name] = {"skipped": f"time budget: {left:.0f} s left, needs about {needs_s:.0f} s"}
-                continue
-            print(f"gpu_check: {name} ...", file=sys.stderr, flush=True)
-            start = time.perf_counter()
-            try:
-                result = section(ctx)
-            except Exception as exc:  # noqa: BLE001 - recorded; the other sections still run
-                result = {"error": f"{type(exc).__name__}: {_line(exc)}", "traceback": _tail(traceback.format_exc(), 8)}
-            result["seconds"] = round(time.perf_counter() - start, 2)
-            summary["sections"][name] = result
-    summary["targets"] = targets(summary, args.dry_run)
-    summary["failed_sections"] = [name for name, s in summary["sections"].items()
-                                  if "error" in s or s.get("failures") or s.get("errors") or s.get("ok") is False
-                                  or "failed_at" in s]
-    summary["seconds"] = round(time.perf_counter() - started, 1)
-    print(json.dumps(summary, default=str))  # in the order things ran
-    return 1 if summary["failed_sections"] else 0
+    tasks = ("pipeline", "tasks")
+    train_rate = get("steady_loop", "images_per_second", "cudnn_benchmark_on")
+    score_rate = get("scoring", "rate_img_s")
+    small_fixed = get(*tasks, "train_epoch_2", "fixed_s")
+    small_upload = get(*tasks, "train_epoch_2", "metrics", "upload_s") or 0.0
+    full_upload, full_parse = get("fixed_cost", "upload_s"), get("fixed_cost", "labels_parse_s")
+    stages: dict[str, Any] = {}
+    if None not in (small_fixed, full_upload, full_parse, train_rate):
+        fixed = small_fixed - small_upload + full_upload + full_parse
+        stages["train_epoch"] = {"seconds": round(fixed + CELEBA_TRAIN / train_rate, 1), "fixed_s": round(fixed, 1),
+                                 "images": CELEBA_TRAIN, "images_per_second": train_rate, "times": 12}
+    evaluate_fixed = get(*tasks, "validate_epoch_2", "wall_s")
+    if None not in (evaluate_fixed, score_rate, full_parse):
+        for name, images, times in (("validate_epoch", CELEBA_VAL, 12), ("test", CELEBA_TEST, 1)):
+            fixed = evaluate_fixed + full_parse
+            stages[name] = {"seconds": round(fixed + images / score_rate, 1), "fixed_s": round(fixed, 1),
+                            "images": images, "images_per_second": score_rate, "times": times}
+    if get(*tasks, "select", "wall_s") is not None:
+        stages["select"] = {"seconds": get(*tasks, "select", "wall_s"), "times": 1}
+    cache_wall, images = get(*tasks, "cache", "wall_s"), get("pipeline", "images")
+    if cache_wall is not None and images:
+        total_images = CELEBA_TRAIN + CELEBA_VAL + CELEBA_TEST
+        stages["cache"] = {"seconds": round(cache_wall / images * total_images, 1), "times": 1,
+                           "note": "the small set's wall time per image, scaled linearly"}
+    expected = {"train_epoch", "validate_epoch", "test", "select", "cache"}
+    total = sum(stage["seconds"] * stage["times"] for stage in stages.values())
+    return {"stages": stages, "missing": sorted(expected - set(stages)),
+            "total_minutes": round(total / 60, 1) if set(stages) == expected else None}
 
 
 if __name__ == "__main__":

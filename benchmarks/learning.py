@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from faceattr.synth.drawing import DRAWN_ATTRIBUTES
+
 # The from-scratch CPU recipe. Unlike fine-tuning ImageNet weights (the write-up's default), a
 # random network must train every layer: freezing the first 6 children would freeze random
 # filters. Batch 16 gives ~100 steps an epoch on 1,600 images; the write-up's MSE loss and Adamax
@@ -88,8 +90,6 @@ def report(test: dict, summary: dict, seconds: float, args: argparse.Namespace) 
     if args.celeba:
         ok = gain > 0
     else:
-        from faceattr.synth.drawing import DRAWN_ATTRIBUTES
-
         print(f"\n{'drawn attribute':22s} {'accuracy':>9s} {'baseline':>9s} {'points':>7s}")
         not_above, one_class = [], []
         for name in DRAWN_ATTRIBUTES:

@@ -4,7 +4,7 @@ Three figures, each in images per second for both recipes and their ratio:
 
     data_path  one training pass of the data alone: the write-up's DataLoader (PIL decode +
                flip/resize/crop + normalise per image in worker processes) against the decode-once
-               cache with batched tensor augmentation on the device (faceattr.data.CachedLoader)
+               cache with batched tensor augmentation on the device (faceattr.data.loaders.CachedLoader)
     train      the training loop, data included: the write-up's fp32 eager loop at batch 64
                against faceattr.engine.train.train_one_epoch on the cache path (bf16 autocast,
                channels_last, torch.compile and cuDNN autotuning on CUDA, at the GPU preset's batch,
@@ -34,7 +34,23 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from faceattr.run.config import PRESETS, SCORE_BATCH_SIZES
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from faceattr.data.cache import build_split_cache, cache_paths, open_cache
+from faceattr.data.download import acquire
+from faceattr.data.labels import read_attributes
+from faceattr.data.layout import ATTR_FILE, celeba_dir, images_dir
+from faceattr.data.loaders import CachedImages, CachedLoader, CelebAImages
+from faceattr.data.transforms import eval_transform, train_transform
+from faceattr.engine.predict import list_folder, predict
+from faceattr.engine.train import AttributeLoss, make_optimizer, train_one_epoch
+from faceattr.fsutil import read_json
+from faceattr.model import build_model, export_model
+from faceattr.run.config import PRESETS, RunConfig, SCORE_BATCH_SIZES
+from faceattr.runtime import prepare_cuda, resolve_device, resolve_num_workers, should_compile, synchronize, worker_init_fn
+from faceattr.synth.files import generate
 
 
 @dataclass(frozen=True)
@@ -71,10 +87,6 @@ def run_benchmark(size: str = "auto", device: str | None = None, data_root: str 
     `data_root`: a dataset ROOT (ROOT/celeba/...) whose first images are used; default: a
     synthetic set written to a temporary folder (faceattr.synth.files) and removed afterwards.
     """
-    import torch
-
-    from faceattr.runtime import resolve_device
-
     out = out if out is not None else sys.stdout
     if size not in SIZE_CHOICES:
         raise ValueError(f"size: {size!r} is not one of {', '.join(SIZE_CHOICES)}")
@@ -138,11 +150,6 @@ def format_table(figures: dict[str, Any]) -> str:
 # -- data ---------------------------------------------------------------------------------------
 def _dataset(work: Path, spec: BenchSize, data_root: str | Path | None):
     """(root, image ids, labels N x 40 int8, description): a given ROOT or a synthetic one."""
-    import numpy as np
-
-    from faceattr.data.labels import read_attributes
-    from faceattr.data.layout import ATTR_FILE, celeba_dir, images_dir
-
     if data_root is not None:
         root = Path(data_root)
         attributes = read_attributes(celeba_dir(root) / ATTR_FILE)
@@ -151,9 +158,6 @@ def _dataset(work: Path, spec: BenchSize, data_root: str | Path | None):
         if not ids:
             raise FileNotFoundError(f"{folder}: none of the images listed in {ATTR_FILE} is there")
         return root, ids, attributes.loc[ids].to_numpy(dtype=np.int8), f"{len(ids)} images of {root}"
-
-    from faceattr.data.download import acquire
-    from faceattr.synth.files import generate
 
     generate(work / "source", n=spec.synth_images, seed=0)
     root = work / "root"
@@ -175,9 +179,6 @@ def _dataset(work: Path, spec: BenchSize, data_root: str | Path | None):
 
 
 def _cache_figures(run_dir: Path, root: Path, image_ids: list[str]) -> dict[str, float]:
-    from faceattr.data.cache import build_split_cache
-    from faceattr.runtime import resolve_num_workers
-
     start = time.perf_counter()
     build_split_cache(run_dir, "train", image_ids, root, num_workers=resolve_num_workers(-1))
     seconds = time.perf_counter() - start
@@ -186,14 +187,6 @@ def _cache_figures(run_dir: Path, root: Path, image_ids: list[str]) -> dict[str,
 
 def _writeup_loader(root: Path, image_ids, labels, batch_size: int, device, *, train: bool):
     """The write-up's loader: PIL per image in worker processes (faceattr's reference PIL path)."""
-    import torch
-    from torch.utils.data import DataLoader
-
-    from faceattr.data.loaders import CelebAImages
-    from faceattr.data.transforms import eval_transform, train_transform
-    from faceattr.data.layout import images_dir
-    from faceattr.runtime import resolve_num_workers, worker_init_fn
-
     workers = resolve_num_workers(-1)
     dataset = CelebAImages(images_dir(root), image_ids, labels, train_transform() if train else eval_transform())
     return DataLoader(dataset, batch_size=batch_size, shuffle=train, num_workers=workers,
@@ -202,9 +195,6 @@ def _writeup_loader(root: Path, image_ids, labels, batch_size: int, device, *, t
 
 
 def _fast_loader(run_dir: Path, root: Path, image_ids, labels, batch_size: int, device, *, train: bool):
-    from faceattr.data.cache import open_cache
-    from faceattr.data.loaders import CachedImages, CachedLoader
-
     array = open_cache(run_dir, "train", _all_ids(run_dir), root)
     if len(image_ids) < len(array):
         array = array[: len(image_ids)]  # the first images: the cache holds the ids in this order
@@ -212,15 +202,10 @@ def _fast_loader(run_dir: Path, root: Path, image_ids, labels, batch_size: int, 
 
 
 def _all_ids(run_dir: Path) -> list[str]:
-    from faceattr.data.cache import cache_paths
-    from faceattr.fsutil import read_json
-
     return read_json(cache_paths(run_dir, "train")[1])["image_ids"]
 
 
 def _data_path_figures(run_dir, root, image_ids, labels, spec: BenchSize, device) -> dict[str, float]:
-    from faceattr.runtime import synchronize
-
     def one_pass(make_loader) -> float:
         start = time.perf_counter()
         seen = 0
@@ -236,13 +221,6 @@ def _data_path_figures(run_dir, root, image_ids, labels, spec: BenchSize, device
 
 
 def _train_figures(run_dir, root, image_ids, labels, spec: BenchSize, device) -> dict[str, Any]:
-    import torch
-
-    from faceattr.run.config import RunConfig
-    from faceattr.model import build_model
-    from faceattr.runtime import prepare_cuda, should_compile, synchronize
-    from faceattr.engine.train import AttributeLoss, make_optimizer, train_one_epoch
-
     ids, rows = image_ids[: spec.train_images], labels[: spec.train_images]
     config = RunConfig(arch=spec.arch, weights="none")
     loss_fn = AttributeLoss("mse").to(device)
@@ -321,17 +299,6 @@ def _train_figures(run_dir, root, image_ids, labels, spec: BenchSize, device) ->
 
 
 def _score_figures(work: Path, root: Path, spec: BenchSize, device) -> dict[str, float]:
-    import numpy as np
-    import torch
-
-    from faceattr.run.config import RunConfig
-    from faceattr.data.loaders import CelebAImages
-    from faceattr.data.transforms import eval_transform
-    from faceattr.model import export_model
-    from faceattr.data.layout import images_dir
-    from faceattr.model import build_model
-    from faceattr.engine.predict import list_folder, predict
-    from faceattr.runtime import resolve_num_workers, synchronize
 
     # A folder of the first score_images files, as a user would hand to 'faceattr predict'.
     folder = work / "score"

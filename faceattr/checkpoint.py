@@ -22,6 +22,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from faceattr.fsutil import atomic_path, digest_path, verify_digest, write_digest
 
 # Plain values a checkpoint may hold besides tensors and containers.
@@ -34,8 +36,6 @@ class UnsafeCheckpointError(ValueError):
 
 def save_checkpoint(obj: dict, path: str | os.PathLike) -> Path:
     """Write `obj` with torch.save to a temporary name, then rename it onto `path`."""
-    import torch
-
     if not isinstance(obj, dict):
         raise TypeError(f"{path}: a checkpoint must be a dict, got {type(obj).__name__}")
     _check_plain(obj, "checkpoint")
@@ -62,8 +62,6 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     UnsafeCheckpointError if it carries a pickled object that would execute code, ValueError if
     it is not a readable checkpoint dict.
     """
-    import torch
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
@@ -92,8 +90,6 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
 
 def _check_plain(value: Any, where: str) -> None:
     """Raise TypeError naming the key path of anything weights_only loading would refuse."""
-    import torch
-
     # Exact types: subclasses (numpy floats, namedtuples, enums) pickle as their class.
     if isinstance(value, (torch.Tensor, torch.dtype, torch.device, torch.Size)) or type(value) in _SCALARS:
         return

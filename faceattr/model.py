@@ -16,13 +16,19 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+from urllib.error import URLError
+
+import numpy as np
+import torch
+from torch import nn
+from torchvision import models
 
 from faceattr.attributes import ATTRIBUTES
+from faceattr.checkpoint import load_checkpoint, save_checkpoint
+from faceattr.data.images import IMAGE_SIZE, MEAN, STD
+from faceattr.run.config import RunConfig
 
-if TYPE_CHECKING:
-    import torch
-    from faceattr.run.config import RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +65,6 @@ def build_model(
     torch.hub.get_dir()/checkpoints), "none" (random initialisation), or the path of a state
     dict: a whole model's (head included when its shape fits) or a backbone's.
     """
-    from torchvision import models
-
     known = models.list_models(module=models)
     if arch not in known:
         raise ValueError(f"arch: {arch!r} is not a torchvision classification model; known: {', '.join(known)}")
@@ -96,8 +100,6 @@ def trainable_parameters(model: "torch.nn.Module") -> list:
 
 def head_name(model: "torch.nn.Module") -> str:
     """Dotted name of the final classification layer: fc, classifier[.N], heads.head or head."""
-    from torch import nn
-
     for attr in ("fc", "head", "heads", "classifier"):
         module = getattr(model, attr, None)
         if isinstance(module, (nn.Linear, nn.Conv2d)):
@@ -112,8 +114,6 @@ def head_name(model: "torch.nn.Module") -> str:
 
 def replace_head(model: "torch.nn.Module", num_outputs: int) -> str:
     """Swap the final layer for a freshly initialised one with `num_outputs` outputs; return its name."""
-    from torch import nn
-
     name = head_name(model)
     parent_name, _, leaf = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
@@ -128,8 +128,6 @@ def replace_head(model: "torch.nn.Module", num_outputs: int) -> str:
 
 def load_model_file(path: str | os.PathLike, map_location: Any = "cpu") -> tuple["torch.nn.Module", dict]:
     """The exported RUN/model.pt: (model in eval mode, the file's dict without the state dict)."""
-    from faceattr.checkpoint import load_checkpoint
-
     path = Path(path)
     data = load_checkpoint(path, map_location=map_location)
     missing = [key for key in MODEL_FILE_KEYS if key not in data]
@@ -165,12 +163,6 @@ def check_run_model(info: dict, path: str | os.PathLike, run_dir: str | os.PathL
 def export_model(path: str | os.PathLike, state_dict: dict, config: "RunConfig", *, epoch: int, thresholds,
                  run: str, val_mean_accuracy: float) -> Path:
     """Write the inference artifact (model.pt, read by load_model_file): weights plus everything needed to use them."""
-    import numpy as np
-    import torch
-
-    from faceattr.checkpoint import save_checkpoint
-    from faceattr.data.images import IMAGE_SIZE, MEAN, STD
-
     thresholds = torch.as_tensor(np.asarray(thresholds, dtype=np.float32)).reshape(-1)
     if thresholds.numel() != len(ATTRIBUTES):
         raise ValueError(f"thresholds: expected {len(ATTRIBUTES)} values, got {thresholds.numel()}")
@@ -191,8 +183,6 @@ def export_model(path: str | os.PathLike, state_dict: dict, config: "RunConfig",
 
 def clean_state_dict(state: Any, source: str | os.PathLike) -> dict:
     """Check a state dict holds only tensors and strip DataParallel/torch.compile key prefixes."""
-    import torch
-
     if not isinstance(state, dict) or not state:
         raise ValueError(f"{source}: expected a non-empty state dict, got {type(state).__name__}")
     cleaned = {}
@@ -209,11 +199,6 @@ def clean_state_dict(state: Any, source: str | os.PathLike) -> dict:
 # -- helpers ----------------------------------------------------------------------------------
 def _imagenet_model(arch: str, kwargs: dict[str, Any]) -> "torch.nn.Module":
     """get_model with the DEFAULT ImageNet weights; a clear error when they cannot be fetched."""
-    from urllib.error import URLError
-
-    import torch
-    from torchvision import models
-
     weights_enum = models.get_model_weights(arch).DEFAULT
     checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
     cached = checkpoints / os.path.basename(weights_enum.url)
@@ -230,8 +215,6 @@ def _imagenet_model(arch: str, kwargs: dict[str, Any]) -> "torch.nn.Module":
 
 def _load_weights_file(model: "torch.nn.Module", path: Path, head: str) -> None:
     """Load a state dict file into `model`: a full model's, or a backbone's (head left fresh)."""
-    from faceattr.checkpoint import load_checkpoint
-
     data = load_checkpoint(path)
     for key in _STATE_DICT_KEYS:  # model.pt or a training checkpoint: take the model's part
         if isinstance(data.get(key), dict):

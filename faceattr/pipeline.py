@@ -11,10 +11,16 @@ import math
 import time
 from pathlib import Path
 
+from faceattr.data.split import make_split
+from faceattr.engine import selection
+from faceattr.engine.distributed import launch_epoch
+from faceattr.engine.evaluate import evaluate_epoch
+from faceattr.model import build_model
 from faceattr.run import metrics
 from faceattr.run.config import ConfigError, RunConfig, check_continues, check_device
 from faceattr.run.layout import RunLayout
 from faceattr.run.lock import run_lock
+from faceattr.run.report import write_report
 from faceattr.run.selection import ranking_score, stop_reason
 
 log = logging.getLogger(__name__)
@@ -37,8 +43,6 @@ def check_runnable(config: RunConfig) -> None:
     """Refuse, before anything is written, a config that cannot train here: an unknown arch, a
     weights file that is missing or not a state dict that fits, more frozen children than the model
     has, a device this machine lacks. Builds the model with random weights (no download)."""
-    from faceattr.model import build_model  # torch: not for `faceattr --help`
-
     check_device(config.device)
     weights = "none" if config.weights == "imagenet" else config.weights
     try:
@@ -48,12 +52,6 @@ def check_runnable(config: RunConfig) -> None:
 
 
 def _fit(config: RunConfig, run_dir: Path) -> dict:
-    from faceattr.data.split import make_split
-    from faceattr.engine import selection
-    from faceattr.engine.distributed import launch_epoch
-    from faceattr.engine.evaluate import evaluate_epoch
-    from faceattr.run.report import write_report
-
     start = time.perf_counter()
     layout = RunLayout(run_dir)
     check_continues(config, run_dir)  # a different learning config for a started run is an error

@@ -1,4 +1,4 @@
-"""faceattr.pipeline.fit: `faceattr fit` end to end on a fresh synthetic dataset (the issue's
+"""faceattr.pipeline.fit: `faceattr fit` end to end on a fresh synthetic dataset (the
 acceptance check, slow), and the epoch loop's early stopping and resuming with stand-in stages."""
 from __future__ import annotations
 
@@ -95,11 +95,8 @@ def test_fit_again_resumes_without_retraining(fitted, capsys):
 
 # -- the epoch loop alone, with the stages replaced by stand-ins (fast) ---------------------------
 def test_fit_stops_early_and_resumes_without_redoing_epochs(tmp_path, monkeypatch):
-    import faceattr.data.split
-    import faceattr.engine.distributed
-    import faceattr.engine.evaluate
     import faceattr.engine.selection
-    import faceattr.run.report
+    import faceattr.pipeline
     from faceattr.run.config import RunConfig
     from faceattr.fsutil import write_json
     from faceattr.run.layout import RunLayout
@@ -131,11 +128,11 @@ def test_fit_stops_early_and_resumes_without_redoing_epochs(tmp_path, monkeypatc
         calls.append(("select",))
         return {"epoch": 2, "val_mean_accuracy": 0.60}
 
-    monkeypatch.setattr(faceattr.data.split, "make_split", make_split)
-    monkeypatch.setattr(faceattr.engine.distributed, "launch_epoch", train_epoch)
-    monkeypatch.setattr(faceattr.engine.evaluate, "evaluate_epoch", evaluate_epoch)
+    monkeypatch.setattr(faceattr.pipeline, "make_split", make_split)
+    monkeypatch.setattr(faceattr.pipeline, "launch_epoch", train_epoch)
+    monkeypatch.setattr(faceattr.pipeline, "evaluate_epoch", evaluate_epoch)
     monkeypatch.setattr(faceattr.engine.selection, "select_best", select_best)
-    monkeypatch.setattr(faceattr.run.report, "write_report", lambda run_dir: layout.report)
+    monkeypatch.setattr(faceattr.pipeline, "write_report", lambda run_dir: layout.report)
 
     config = RunConfig(root=str(tmp_path / "root"), epochs=5, patience=2)
     summary = fit(config, layout.root)
@@ -164,10 +161,7 @@ def test_with_tuned_thresholds_early_stopping_and_selection_rank_epochs_alike(tm
     accuracy, as fit once did, trained all 4 epochs and then selected epoch 3)."""
     import numpy as np
 
-    import faceattr.data.split
-    import faceattr.engine.distributed
-    import faceattr.engine.evaluate
-    import faceattr.run.report
+    import faceattr.pipeline
     from faceattr.checkpoint import save_checkpoint
     from faceattr.run.config import RunConfig
     from faceattr.fsutil import write_json
@@ -200,10 +194,10 @@ def test_with_tuned_thresholds_early_stopping_and_selection_rank_epochs_alike(tm
         write_json(layout.metrics(split, result["epoch"]), result)
         return result
 
-    monkeypatch.setattr(faceattr.data.split, "make_split", make_split)
-    monkeypatch.setattr(faceattr.engine.distributed, "launch_epoch", train_epoch)
-    monkeypatch.setattr(faceattr.engine.evaluate, "evaluate_epoch", evaluate_epoch)
-    monkeypatch.setattr(faceattr.run.report, "write_report", lambda run_dir: layout.report)
+    monkeypatch.setattr(faceattr.pipeline, "make_split", make_split)
+    monkeypatch.setattr(faceattr.pipeline, "launch_epoch", train_epoch)
+    monkeypatch.setattr(faceattr.pipeline, "evaluate_epoch", evaluate_epoch)
+    monkeypatch.setattr(faceattr.pipeline, "write_report", lambda run_dir: layout.report)
 
     config = RunConfig(root=str(tmp_path / "root"), epochs=4, patience=1, tune_thresholds=True)
     summary = fit(config, layout.root)

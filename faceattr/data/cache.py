@@ -36,18 +36,23 @@ import hashlib
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
+import torch
+from torch.utils.data import DataLoader
 
 from faceattr.attributes import SPLITS
+from faceattr.data.images import IMAGE_SIZE, open_image
+from faceattr.data.layout import images_dir
+from faceattr.data.split import read_split
+from faceattr.data.transforms import ResizeIfNeeded
 from faceattr.fsutil import atomic_path, read_json, write_json
-from faceattr.data.images import IMAGE_SIZE
+from faceattr.run.config import RunConfig
 from faceattr.run.layout import RunLayout
-
-if TYPE_CHECKING:
-    import torch
+from faceattr.runtime import resolve_num_workers
 
 log = logging.getLogger(__name__)
 
@@ -179,9 +184,6 @@ class _DecodedImages:
         return len(self.image_ids)
 
     def __getitem__(self, index: int) -> np.ndarray:
-        from faceattr.data.transforms import ResizeIfNeeded
-        from faceattr.data.images import open_image
-
         image_id = self.image_ids[index]
         image = ResizeIfNeeded(IMAGE_SIZE)(open_image(self.image_dir / image_id, name=image_id))
         return np.asarray(image, dtype=np.uint8)
@@ -195,8 +197,6 @@ def decoded_chunks(
     image_dir: Path, image_ids: Sequence[str], *, num_workers: int = 0, chunk_images: int = CHUNK_IMAGES
 ) -> Iterable[np.ndarray]:
     """The images decoded in order, `chunk_images` at a time, by `num_workers` loader processes."""
-    from torch.utils.data import DataLoader
-
     loader = DataLoader(
         _DecodedImages(image_dir, image_ids),
         batch_size=chunk_images,
@@ -219,8 +219,6 @@ def build_split_cache(
     chunk_images: int = CHUNK_IMAGES,
 ) -> dict[str, Any]:
     """Build (or keep) RUN/cache/{split}; returns {"split", "images", "status", "path", "seconds"}."""
-    from faceattr.data.layout import images_dir
-
     npy, index_path = cache_paths(run_dir, split)
     if cache_problem(run_dir, split, image_ids, root) is None:
         return {"split": split, "images": len(image_ids), "status": "up-to-date", "path": str(npy), "seconds": 0.0}
@@ -248,10 +246,6 @@ def build_cache(run_dir: str | Path, splits: Sequence[str] = SPLITS, *, num_work
     Reads RUN/config.json (dataset root, num_workers) and RUN/split.csv. Returns
     {"run", "splits": {split: {"images", "status": "built" | "up-to-date", "path", "seconds"}}, "bytes"}.
     """
-    from faceattr.run.config import RunConfig
-    from faceattr.runtime import resolve_num_workers
-    from faceattr.data.split import read_split
-
     run_dir = Path(run_dir)
     config = RunConfig.load(run_dir)
     split_of = read_split(run_dir)
@@ -281,13 +275,10 @@ def upload(array: np.ndarray, device: "torch.device", chunk_images: int = 1024, 
     parallel) and sent to the GPU on a side stream while the next chunk is read: one host copy per
     byte and the transfer hidden behind it: every epoch task uploads its whole train split.
     """
-    import torch
-
     out = torch.empty(array.shape, dtype=torch.uint8, device=device)
     if device.type != "cuda":
         np.copyto(out.numpy(), array)
         return out
-    from concurrent.futures import ThreadPoolExecutor
 
     threads = threads or min(8, os.cpu_count() or 1)
     chunk_images = max(1, min(chunk_images, len(array)))

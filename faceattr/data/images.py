@@ -12,6 +12,9 @@ import os
 import warnings
 from typing import BinaryIO
 
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
 IMAGE_SIZE = (178, 218)  # (w, h): CelebA's aligned crops, the model's input size
 # ImageNet normalisation: the pretrained backbones were trained with it.
 MEAN = (0.485, 0.456, 0.406)
@@ -33,8 +36,6 @@ def open_image(source: str | os.PathLike | BinaryIO, name: str | None = None):
     corrupt, or declares more pixels than PIL's decompression-bomb limit
     (PIL.Image.MAX_IMAGE_PIXELS, about 89 megapixels), which protects memory.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
     if name is None:
         name = str(source) if isinstance(source, (str, os.PathLike)) else getattr(source, "name", "<image>")
     try:
@@ -60,8 +61,6 @@ def open_image(source: str | os.PathLike | BinaryIO, name: str | None = None):
 
 def _to_rgb(image):
     """Convert any PIL mode to RGB; alpha is composited onto BACKGROUND, 16-bit is rescaled."""
-    from PIL import Image
-
     if image.mode == "RGB":
         return image
     if image.mode == "P":
@@ -69,8 +68,6 @@ def _to_rgb(image):
         image = image.convert("RGBA")
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16/32-bit grayscale: PIL's convert("RGB") clips at 255, so rescale to 8 bits first.
-        import numpy as np
-
         values = np.asarray(image, dtype=np.float64)
         top = 65535.0 if image.mode.startswith("I;16") else max(float(values.max()), 1.0)
         values = np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8)

@@ -4,18 +4,27 @@ faceattr.engine.predict's loader workers read the bytes of plain JPEGs (plain_jp
 batch's into one tensor (RawJpegs); JpegDecoder decodes them on the device in one call and sends
 whatever the device cannot decode through open_image, so every file keeps the outcome and the
 error reason of the PIL path.
+
+On CUDA the decoding runs on a stream that faceattr owns (DecodeStream), ordered explicitly
+against the stream that runs the model: torchvision's decode_jpeg allocates its outputs from the
+caller's current stream but nvjpeg writes them on a stream of its own, ordered after nothing, so
+memory that kernels queued on the caller's stream still use could be handed to it and
+overwritten (pytorch/vision PR 9606 reproduced it: NaNs and arbitrary pixels).
 """
 from __future__ import annotations
 
 import io
 import logging
 import warnings
-from typing import TYPE_CHECKING, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
+import torch
+from PIL import Image
+from torchvision.io import ImageReadMode, decode_jpeg
 
-if TYPE_CHECKING:
-    import torch
+from faceattr.data.images import ImageError, open_image
+from faceattr.data.transforms import normalise_batch
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +49,6 @@ class RawJpegs(NamedTuple):
     @classmethod
     def pack(cls, indices: list[int], datas: list[bytes]) -> "RawJpegs":
         """The files' bytes copied end to end into one tensor."""
-        import torch
-
         sizes = [len(data) for data in datas]
         packed = torch.empty(sum(sizes), dtype=torch.uint8)
         view, position = packed.numpy(), 0
@@ -64,8 +71,6 @@ def plain_jpeg(data: bytes) -> bool:
     CMYK, truncated (no end marker), rotated, oversized or odd files go through open_image, which
     converts them or names the problem. Reads only the header.
     """
-    from PIL import Image
-
     if not (data.startswith(b"\xff\xd8\xff") and data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9")):
         return False
     try:
@@ -93,22 +98,26 @@ class JpegDecoder:
     device decoder off (`enabled`) for the rest of the run: every later file goes through open_image.
     """
 
-    def __init__(self, device, image_size, mean, std, transform):
-        """`image_size` (w, h), `mean` and `std` are the model's input; `transform` is its PIL evaluation transform."""
+    def __init__(self, device, image_size, mean, std, transform, stream: "DecodeStream | None" = None):
+        """`image_size` (w, h), `mean` and `std` are the model's input; `transform` is its PIL evaluation
+        transform. On CUDA the batches are decoded on `stream` (a new DecodeStream by default)."""
         self.device = device
         self.enabled = True
         width, height = image_size
         self.size = (height, width)
         self.transform = transform
         self.mean, self.std = tuple(mean), tuple(std)
+        self.stream = stream if stream is not None or device.type != "cuda" else DecodeStream(device)
 
     def decode(self, raw: RawJpegs):
-        """(indices, normalised N x 3 x H x W on the device, errors) of a batch's undecoded JPEGs."""
-        import torch
+        """(indices, normalised N x 3 x H x W on the device, errors) of a batch's undecoded JPEGs.
 
-        from faceattr.data.images import ImageError, open_image
-        from faceattr.data.transforms import normalise_batch
+        With a DecodeStream, all of it is queued there and the batch handed over to the caller's stream."""
+        if self.stream is None:
+            return self._decode_batch(raw)
+        return self.stream.run(lambda: self._decode_batch(raw), crossing=lambda result: [result[1]])
 
+    def _decode_batch(self, raw: RawJpegs):
         files = raw.files()
         indices = raw.indices.tolist()
         decoded = self._on_device(files) if self.enabled else [None] * len(files)
@@ -174,8 +183,6 @@ class JpegDecoder:
         return decoded
 
     def _decode(self, files: list) -> list:
-        from torchvision.io import ImageReadMode, decode_jpeg
-
         with warnings.catch_warnings():
             # torchvision 0.29 marks its decoders deprecated in favour of TorchCodec; they still work.
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -183,8 +190,6 @@ class JpegDecoder:
 
     def _file_problem(self, exc: RuntimeError) -> bool:
         """True when `exc` is about the files; raises it when out of memory; else stops the device decoder."""
-        import torch
-
         message = str(exc).lower()
         if isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in message:
             raise exc
@@ -197,6 +202,48 @@ class JpegDecoder:
         self.enabled = False
         log.warning("device JPEG decoding on %s turned off for the rest of this run (%s); "
                     "the remaining files are decoded with PIL on the CPU, more slowly", self.device, cause)
+
+
+class DecodeStream:
+    """A CUDA stream of faceattr's own for decoding, ordered both ways against the caller's stream.
+
+    `run(work)` queues `work` (decode_jpeg and the normalisation after it) on this stream:
+    - the host first waits for this stream's previous batch to be done, so no block that this
+      stream freed is still in use when decode_jpeg's outputs are allocated from its pool (nvjpeg
+      writes them on its own, unordered stream);
+    - this stream waits on the caller's (the consumer's) work queued so far, so nothing decoded
+      here overwrites memory that work still reads;
+    - the caller's stream waits on the decode before it may read the batch;
+    - each tensor that crosses (`crossing(result)`) is marked used by the caller's stream
+      (record_stream), so its memory is not reused before the caller's work on it is done.
+    The model keeps running on the caller's stream meanwhile: decode and model overlap.
+    `cuda` is the module that provides Stream, Event, current_stream and stream (torch.cuda; a
+    test passes a recording stand-in).
+    """
+
+    def __init__(self, device, cuda: Any = None):
+        self.device = device
+        self.cuda = cuda if cuda is not None else torch.cuda
+        self.stream = self.cuda.Stream(device=device)
+        self._previous = None  # the event recorded after the previous batch's work on self.stream
+
+    def run(self, work: Callable[[], Any], crossing: Callable[[Any], list] = lambda result: []) -> Any:
+        consumer = self.cuda.current_stream(self.device)
+        if self._previous is not None:
+            self._previous.synchronize()
+        consumer_ready = self.cuda.Event()
+        consumer_ready.record(consumer)
+        self.stream.wait_event(consumer_ready)
+        with self.cuda.stream(self.stream):
+            result = work()
+        decoded = self.cuda.Event()
+        decoded.record(self.stream)
+        consumer.wait_event(decoded)
+        for tensor in crossing(result):
+            if tensor.device.type != "cpu":  # an empty batch is a CPU tensor: nothing crosses
+                tensor.record_stream(consumer)
+        self._previous = decoded
+        return result
 
 
 def _first_line(exc: BaseException) -> str:

@@ -9,14 +9,15 @@ DAG files import this module at parse time, so numpy and pandas are imported ins
 """
 from __future__ import annotations
 
+import csv
+import io
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
 
 from faceattr.attributes import ATTRIBUTES
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 
 # The official distribution has 202,599 images; the count line of the full list_attr file says so.
@@ -37,8 +38,6 @@ def looks_like_html(head: bytes) -> bool:
 
 def read_attributes(path: str | os.PathLike) -> "pd.DataFrame":
     """`list_attr_celeba.txt` -> DataFrame indexed by image_id, 40 int8 columns of -1/1 in official order."""
-    import numpy as np
-
     path = Path(path)
     data = _read_bytes(path)
     (count_line, header_line), body = _split_lines(path, data, 2)
@@ -52,15 +51,11 @@ def read_attributes(path: str | os.PathLike) -> "pd.DataFrame":
 
 def read_partition(path: str | os.PathLike) -> "pd.Series":
     """`list_eval_partition.txt` -> Series[int8] named "partition" (0 train, 1 val, 2 test)."""
-    import numpy as np
-
     return _read_one_value(path, "partition", np.int8, allowed=(0, 1, 2), what="0, 1 or 2")
 
 
 def read_identity(path: str | os.PathLike) -> "pd.Series":
     """`identity_CelebA.txt` -> Series[int32] named "identity"."""
-    import numpy as np
-
     return _read_one_value(path, "identity", np.int32, allowed=None, what="an identity number (0 to 2**31-1)")
 
 
@@ -79,9 +74,6 @@ def _read_attributes_as_distributed(body: bytes, columns: list[str]) -> "pd.Data
     each later value right-aligned in three bytes (" -1" or "  1"), then CRLF or LF. numpy reads
     every row's fixed-width tail at once, which is several times faster than a CSV parser.
     """
-    import numpy as np
-    import pandas as pd
-
     buf = np.frombuffer(body, dtype=np.uint8)
     ends = np.flatnonzero(buf == ord("\n"))
     if len(ends) == 0 or ends[-1] != len(buf) - 1:
@@ -132,8 +124,6 @@ def _read_table(
     the result does not pass the checks, the line-by-line parser reads the file again: it accepts
     any whitespace, and on bad input says which line is wrong.
     """
-    import pandas as pd
-
     frame = _read_table_fast(body, columns, dtype)
     if frame is not None and _is_clean(frame, allowed, count):
         return frame
@@ -147,11 +137,6 @@ def _read_table(
 
 def _read_table_fast(body: bytes, columns: list[str], dtype) -> "pd.DataFrame | None":
     """Rows split on single spaces or runs of spaces (LF or CRLF), or None where pandas cannot read them."""
-    import csv
-    import io
-
-    import pandas as pd
-
     try:
         frame = pd.read_csv(
             io.BytesIO(body), sep=" ", skipinitialspace=True, header=None, names=["image_id", *columns],
@@ -165,8 +150,6 @@ def _read_table_fast(body: bytes, columns: list[str], dtype) -> "pd.DataFrame | 
 
 def _is_clean(frame: "pd.DataFrame", allowed: tuple[int, ...] | None, count: int | None) -> bool:
     """Whether a fast parse passes every check; if not, the line-by-line parser finds the bad line."""
-    import numpy as np
-
     values = frame.to_numpy()
     if allowed is not None:
         values_ok = np.logical_or.reduce([values == v for v in allowed]).all()
@@ -235,8 +218,6 @@ def _parse_rows(path: Path, body: bytes, n_values: int, first_line: int):
     Returns (names, values as an int64 array rows x n_values, the line number of each row).
     Blank lines are skipped.
     """
-    import numpy as np
-
     names: list[str] = []
     rows: list[list[bytes]] = []
     line_numbers: list[int] = []
@@ -276,8 +257,6 @@ def _line(body: bytes, index: int) -> bytes:
 
 
 def _check_values(path, body, values, line_numbers, first_line, allowed, what) -> None:
-    import numpy as np
-
     if allowed is not None:
         bad = ~np.isin(values, allowed)
     else:  # identity numbers: stored as int32
@@ -292,8 +271,6 @@ def _check_values(path, body, values, line_numbers, first_line, allowed, what) -
 
 
 def _check_unique(path, names: list[str], line_numbers) -> None:
-    import pandas as pd
-
     index = pd.Index(names)
     if index.has_duplicates:
         second = int(index.duplicated().argmax())

@@ -3,6 +3,8 @@ cached loader.
 """
 from __future__ import annotations
 
+import copy
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
@@ -11,10 +13,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from faceattr.attributes import ATTRIBUTES, SPLITS
-from faceattr.run.config import ConfigError, RunConfig
+from faceattr.data.cache import CacheError, ensure_split_cache, open_cache, upload
 from faceattr.data.images import open_image
+from faceattr.data.labels import read_attributes
 from faceattr.data.layout import ATTR_FILE, celeba_dir, images_dir
+from faceattr.data.split import read_split
 from faceattr.data.transforms import augment_batch, augment_params, eval_transform, normalise_batch, train_transform
+from faceattr.run.config import ConfigError, RunConfig
+from faceattr.run.layout import RunLayout
 from faceattr.runtime import derive_seed, resolve_num_workers, should_compile, worker_init_fn
 
 
@@ -59,10 +65,6 @@ def load_split_frame(run_dir: str | Path, *, root: str | Path | None = None):
 
     Labels come from `root` (default: the run's config.root). Rows follow split.csv's order.
     """
-    from faceattr.data.labels import read_attributes
-    from faceattr.run.layout import RunLayout
-    from faceattr.data.split import read_split
-
     if root is None:
         root = RunConfig.load(run_dir).root
     split = read_split(run_dir)
@@ -138,7 +140,7 @@ def make_loader(
 # -- the fast path: the decode-once cache and augmentation as batched tensor ops ----------------
 # data_path (RunConfig):
 #   "pil"   the write-up's DataLoader above: decode + augment each image in worker processes.
-#   "cache" batches sliced out of RUN/cache/{split}.npy (faceattr.cache; built here first when
+#   "cache" batches sliced out of RUN/cache/{split}.npy (faceattr.data.cache; built here first when
 #           missing) and augmented as batched tensor ops on the training device.
 #   "auto"  "cache" when the split's cache is already built, or on CUDA (building it once, about
 #           as long as one PIL epoch); "pil" on a CPU without a cache.
@@ -212,14 +214,10 @@ class CachedLoader:
         self.resident = bool(resident)
         self._on_device = None
         if self.resident:
-            from faceattr.data.cache import upload
-
             self._on_device = upload(dataset.array, device)
 
     def shard(self, rank: int, world_size: int) -> "CachedLoader":
         """This loader for one data-parallel rank (sharing the cache and any device copy of it)."""
-        import copy
-
         if not 0 <= rank < world_size:
             raise ValueError(f"rank: {rank} is not in [0, world_size={world_size})")
         sharded = copy.copy(self)
@@ -271,7 +269,6 @@ class CachedLoader:
             images_of = (self._on_device.index_select(0, index) for index in self._device_indices(batches))
             yield from self._finish(batches, images_of, generator)
             return
-        from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="cache-gather") as pool:
             pending = [pool.submit(self._host_batch, index) for index in batches[: self.prefetch]]
@@ -307,8 +304,6 @@ def resolve_data_path(config: RunConfig, run_dir: str | Path, split: str, image_
 def _choose_data_path(config: RunConfig, run_dir: str | Path, split: str, image_ids: Sequence[str],
                       device: torch.device) -> tuple[str, np.ndarray | None]:
     """resolve_data_path's choice, and the cache's memory map when choosing meant checking and opening it."""
-    from faceattr.data.cache import CacheError, open_cache
-
     if config.data_path in ("pil", "cache"):
         return config.data_path, None
     if config.data_path != "auto":
@@ -326,8 +321,6 @@ def make_cached_loader(run_dir: str | Path, config: RunConfig, split: str, rows,
                        array: np.ndarray | None = None) -> CachedLoader:
     """The fast-path loader of one split; `rows` are load_split_frame's rows of that split; `array`
     the split's cache if the caller has just opened it (else it is checked, built if need be, here)."""
-    from faceattr.data.cache import ensure_split_cache
-
     image_ids = rows.index.tolist()
     if array is None:
         array = ensure_split_cache(run_dir, split, image_ids, config.root,

@@ -114,7 +114,7 @@ def _http_download(url: str, target: Path) -> bool:
 
 def _gdrive_download(name: str, target: Path) -> None:
     try:
-        import gdown
+        import gdown  # an optional extra (faceattr[gdrive]): only this source needs it
     except ImportError:
         raise DownloadError(
             f"the 'gdrive' source needs gdown: pip install 'faceattr[gdrive]'; or {WORKAROUND}"

@@ -13,7 +13,10 @@ import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
+
 from faceattr.attributes import ATTRIBUTES
+from faceattr.data.labels import read_attributes, read_identity, read_partition
 from faceattr.data.layout import ATTR_FILE, IDENTITY_FILE, IMAGES_DIR, IMAGES_ZIP, PARTITION_FILE
 from faceattr.fsutil import read_json, write_json, write_text
 
@@ -24,10 +27,6 @@ def subsample(source: str | Path, out: str | Path, n: int, seed: int = 0) -> dic
     """Write `n` of `source`'s images (a folder with img_align_celeba.zip or img_align_celeba/ and the
     list files) to `out` in the same layout, images extracted. Keeps an `out` already drawn from the
     same source with the same n and seed."""
-    import numpy as np
-
-    from faceattr.data.labels import read_attributes, read_identity, read_partition
-
     source, out = Path(source), Path(out)
     if n < 1:
         raise ValueError(f"n: {n} must be at least 1")

@@ -22,11 +22,17 @@ import tempfile
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from faceattr import settings
-from faceattr.run.config import RunConfig
+from faceattr.data.cache import ensure_split_cache
+from faceattr.data.loaders import load_split_frame, resolve_data_path
+from faceattr.engine import train
 from faceattr.engine.parallel import Rank
 from faceattr.fsutil import read_json, write_json
+from faceattr.run.config import RunConfig
+from faceattr.runtime import resolve_device, resolve_num_workers
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +55,6 @@ def world_size_for(config: RunConfig) -> int:
 
 def backend_for(config: RunConfig) -> str:
     """NCCL when the ranks train on GPUs, gloo on CPU."""
-    from faceattr.runtime import resolve_device
-
     return "nccl" if resolve_device(config.device).type == "cuda" else "gloo"
 
 
@@ -60,15 +64,11 @@ def launch_epoch(run_dir: str | Path, epoch: int, config: RunConfig, *, world_si
     Returns faceattr.engine.train.train_epoch's result (rank 0's, with figures summed over ranks)
     and "world_size".
     """
-    from faceattr.engine import train
-
     size = world_size_for(config) if world_size is None else world_size
     if size < 1:
         raise ValueError(f"world_size: {size} must be >= 1")
     if size == 1:
         return {**train.train_epoch(run_dir, epoch, config), "world_size": 1}
-
-    import torch.multiprocessing as mp
 
     backend = backend_for(config)
     log.info("epoch %d: spreading over %d %s processes", epoch, size, backend)
@@ -86,10 +86,6 @@ def launch_epoch(run_dir: str | Path, epoch: int, config: RunConfig, *, world_si
 
 def _build_cache_once(run_dir: str | Path, config: RunConfig) -> None:
     """Decode the train split's cache here when the ranks will read it; else they would all build it at once."""
-    from faceattr.data.cache import ensure_split_cache
-    from faceattr.data.loaders import load_split_frame, resolve_data_path
-    from faceattr.runtime import resolve_device, resolve_num_workers
-
     frame = load_split_frame(run_dir, root=config.root)
     image_ids = frame.index[frame["split"] == "train"].tolist()
     if resolve_data_path(config, run_dir, "train", image_ids, resolve_device(config.device)) == "cache":
@@ -100,10 +96,6 @@ def _build_cache_once(run_dir: str | Path, config: RunConfig) -> None:
 def _rank_main(rank: int, world_size: int, backend: str, rendezvous: str, run_dir: str, epoch: int,
                config: dict, result_path: str) -> None:
     """Body of one spawned rank."""
-    import torch.distributed as dist
-
-    from faceattr.engine import train
-
     options = {}
     if backend == "gloo":  # share the cores instead of oversubscribing them
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))

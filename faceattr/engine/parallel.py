@@ -25,9 +25,13 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 
 from faceattr.run.config import RunConfig
+from faceattr.runtime import derive_seed
 
 
 @dataclass(frozen=True)
@@ -76,7 +80,6 @@ def wrap_model(model: nn.Module, device: torch.device, rank: Rank) -> nn.Module:
     """
     if not rank.distributed:
         return model
-    from torch.nn.parallel import DistributedDataParallel
 
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
@@ -113,9 +116,6 @@ def shard_loader(loader, config: RunConfig, epoch: int, rank: Rank):
     """
     if not rank.distributed:
         return loader
-    from torch.utils.data import DataLoader
-
-    from faceattr.runtime import derive_seed
 
     if hasattr(loader, "shard"):  # the decode-once CachedLoader slices its own global batches
         return loader.shard(rank.rank, rank.world_size)
@@ -138,8 +138,6 @@ def shard_loader(loader, config: RunConfig, epoch: int, rank: Rank):
 
 def _rank_worker_init(rank: int, then, worker_id: int) -> None:
     """A loader worker's seed mixed with the rank, so ranks do not repeat each other's augmentation."""
-    from faceattr.runtime import derive_seed
-
     torch.manual_seed(derive_seed(torch.initial_seed(), rank) % 2**63)
     if then is not None:
         then(worker_id)
@@ -150,7 +148,6 @@ def reduce_stats(stats: dict, device: torch.device, rank: Rank) -> dict:
     the slowest rank's times (every "seconds" and "*_s" figure) and the ranks' steady rates summed."""
     if not rank.distributed:
         return stats
-    import torch.distributed as dist
 
     images = float(stats["images"])
     rate = stats.get("loop_images_per_second")

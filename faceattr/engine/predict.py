@@ -14,16 +14,27 @@ from __future__ import annotations
 import io
 import logging
 import os
+import time
 import zipfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+from torchvision import transforms
 
 from faceattr.attributes import ATTRIBUTES
+from faceattr.data.images import ImageError, open_image
 from faceattr.data.jpeg import JpegDecoder, RawJpegs, plain_jpeg
+from faceattr.data.transforms import ResizeIfNeeded
+from faceattr.engine.inference import prepare_for_inference, queue_scores
 from faceattr.engine.predict_io import (  # noqa: F401 - file_name: where callers have always found it
     check_output, csv_name, errors_path, file_name, guard, list_folder, list_zip, write_outputs,
 )
+from faceattr.model import load_model_file
+from faceattr.progress import Progress
+from faceattr.runtime import resolve_device, resolve_num_workers
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +61,6 @@ def predict(
     (loader start and first batch), loop_s, write_s, and steady_images_per_second (after the
     first batch), so a benchmark can tell fixed costs from the rate.
     """
-    import time
-
-    import pandas as pd
-    import torch
-    from torch.utils.data import DataLoader
-
-    from faceattr.engine.evaluate import prepare_for_inference
-    from faceattr.model import load_model_file
-    from faceattr.progress import Progress
-    from faceattr.runtime import resolve_device, resolve_num_workers
-
     started = time.perf_counter()
     model_path, images, out_csv = Path(model_path), Path(images), Path(out_csv)
     if batch_size < 1:
@@ -110,16 +110,20 @@ def predict(
             progress.update(seen)
 
     first_done = None  # (seconds, images) when the first batch's scores were back
+    # On CUDA every batch goes to the model at the loader's batch size: a batch split between the
+    # device decoder and PIL, or the last one, is padded (cuDNN autotunes each new shape once).
+    pad_to = batch_size if device.type == "cuda" else None
     with torch.inference_mode():
-        # One batch in flight: the next batch is decoded (on CUDA, nvjpeg's CPU stage) while the
-        # device still runs the model on the previous one; its scores are fetched only then.
+        # One batch in flight: the next batch is decoded (on CUDA, on the decoder's own stream,
+        # faceattr.data.jpeg.DecodeStream) while the device still runs the model on the previous
+        # one; its scores are fetched only then.
         in_flight, done = None, 0
         for indices, images in model_batches():
             if in_flight is not None:
                 all_scores[in_flight[0].numpy()] = in_flight[1].cpu().numpy()
                 done += len(in_flight[0])
                 first_done = first_done or (time.perf_counter(), done)
-            in_flight = (indices, _run_model(model, images, device))
+            in_flight = (indices, queue_scores(model, images, device, pad_to=pad_to))
         if in_flight is not None:
             all_scores[in_flight[0].numpy()] = in_flight[1].cpu().numpy()
             done += len(in_flight[0])
@@ -196,8 +200,6 @@ class ImageFiles:
         return len(self.image_ids)
 
     def __getitem__(self, index: int):
-        from faceattr.data.images import ImageError, open_image
-
         image_id = self.image_ids[index]
         if image_id in self.refused:
             return index, None, self.refused[image_id]
@@ -224,10 +226,6 @@ class ImageFiles:
             self._zip = None
 
     def _read_entry(self, name: str):
-        import io
-
-        from faceattr.data.images import ImageError
-
         if self._zip is None or self._zip_pid != os.getpid():
             self._zip = zipfile.ZipFile(self.archive)
             self._zip_pid = os.getpid()
@@ -240,26 +238,8 @@ class ImageFiles:
             raise ImageError(f"{name}: cannot read the zip entry ({exc})") from None
 
 
-def _run_model(model, images, device):
-    """Queue the model on one batch: float32 scores left on the device (score_batch without the wait)."""
-    import torch
-
-    from faceattr.runtime import autocast
-
-    if device.type == "cuda":
-        if images.device.type == "cpu":  # PIL-decoded files: pinned, or the copy would wait for the GPU
-            images = images.pin_memory()
-        images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
-    else:
-        images = images.to(device)
-    with autocast(device):
-        return model(images).float()
-
-
 def collate_images(items):
     """Stack the decoded images of a batch; pass failures as (index, reason), undecoded JPEGs packed as RawJpegs."""
-    import torch
-
     good = [(index, tensor) for index, tensor, reason in items if tensor is not None and reason != RAW_JPEG]
     errors = [(index, reason) for index, tensor, reason in items if tensor is None]
     raw = [(index, data) for index, data, reason in items if reason == RAW_JPEG]
@@ -278,8 +258,6 @@ RAW_JPEG = "<raw jpeg>"  # the reason slot of an item that holds a plain JPEG's 
 
 def _read_file(path: Path, image_id: str) -> bytes | None:
     """The file's bytes, or None when it is too large to read whole (open_image then decides)."""
-    from faceattr.data.images import ImageError
-
     try:
         if path.stat().st_size > MAX_FILE_BYTES:
             return None
@@ -292,10 +270,6 @@ def _read_file(path: Path, image_id: str) -> bytes | None:
 
 def _transform(info: dict):
     """The evaluation transform with the model file's input size and normalisation."""
-    from torchvision import transforms
-
-    from faceattr.data.transforms import ResizeIfNeeded
-
     return transforms.Compose([
         ResizeIfNeeded(tuple(info["image_size"])),
         transforms.ToTensor(),

@@ -9,6 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from faceattr.attributes import ATTRIBUTES
+from faceattr.checkpoint import load_checkpoint
+from faceattr.engine.metrics import get_accuracy, tune_thresholds
+from faceattr.model import clean_state_dict, export_model
 from faceattr.run import metrics
 from faceattr.run.config import RunConfig
 from faceattr.run.layout import RunLayout
@@ -23,10 +26,6 @@ def select_best(run_dir: str | Path) -> dict:
     Every trained epoch must have its val metrics. Writes RUN/model.pt (the inference artifact,
     thresholds tuned on validation when config.tune_thresholds, else 0) and then RUN/best.json.
     """
-    from faceattr.checkpoint import load_checkpoint
-    from faceattr.engine.evaluate import get_accuracy, tune_thresholds
-    from faceattr.model import clean_state_dict, export_model
-
     layout = RunLayout(run_dir)
     config = RunConfig.load(run_dir)
     trained = layout.trained_epochs()

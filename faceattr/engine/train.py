@@ -15,12 +15,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from faceattr.run.config import RunConfig
+from faceattr import settings
+from faceattr.checkpoint import load_checkpoint, save_checkpoint
+from faceattr.data.loaders import make_loader
 from faceattr.engine import parallel
 from faceattr.engine.parallel import Rank
+from faceattr.model import model_from_config, trainable_parameters
+from faceattr.progress import Progress
+from faceattr.run.config import RunConfig
 from faceattr.run.layout import RunLayout
 from faceattr.run.metrics import write_epoch_metrics
-from faceattr.progress import Progress
 from faceattr.runtime import (autocast, prepare_cuda, process_age_s, resolve_device, rng_state, seed_everything,
                               set_rng_state, should_compile, synchronize, use_compile_cache)
 
@@ -81,8 +85,6 @@ def make_loss(config: RunConfig, train_labels: np.ndarray | None = None) -> Attr
 # -- optimizer and schedule --------------------------------------------------------------------
 def make_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.Optimizer:
     """Adamax (the write-up's) or AdamW over the parameters that are not frozen."""
-    from faceattr.model import trainable_parameters
-
     params = trainable_parameters(model)
     if not params:
         raise ValueError(f"freeze_children={config.freeze_children} leaves no trainable parameters in {config.arch}")
@@ -239,8 +241,6 @@ def recalibrate_batchnorm(model: nn.Module, loader, device: torch.device, max_im
 # -- one epoch of a run -------------------------------------------------------------------------
 def _load_previous(layout: RunLayout, epoch: int, config: RunConfig) -> dict | None:
     """The checkpoint epoch `epoch` starts from (None for epoch 1), checked against `config`."""
-    from faceattr.checkpoint import load_checkpoint
-
     if epoch == 1:
         return None
     path = layout.checkpoint(epoch - 1)
@@ -283,11 +283,6 @@ def train_epoch(run_dir: str | Path, epoch: int, config: RunConfig, *, rank: Ran
     step, which compiles), "recalibration_s", "save_s" and "task_s" (all of it, start-up included
     when measured).
     """
-    from faceattr import settings
-    from faceattr.checkpoint import save_checkpoint
-    from faceattr.data.loaders import make_loader
-    from faceattr.model import model_from_config
-
     global _process_trained
     # Start-up counts for the first epoch of a process only: `faceattr fit` trains all in one.
     entered = time.perf_counter()

@@ -49,7 +49,10 @@ def _epoch_figures(run_id: str, split: str, epoch: int, data: dict[str, Any],
             train_accuracy=v.fraction("accuracy", v.field(data, "accuracy")),
             train_images=v.count("images", v.field(data, "images")),
             seconds=v.nonnegative("seconds", v.field(data, "seconds")),
-            images_per_second=v.nonnegative("images_per_second", v.field(data, "images_per_second")),
+            # The loop's steady rate (the pass's own includes torch.compile's first step); files
+            # written before it was recorded, or of a one-step epoch, have only the pass's.
+            images_per_second=v.nonnegative("images_per_second", data.get("loop_images_per_second")
+                                            or v.field(data, "images_per_second")),
         )
     if split == "val":
         figures["val_mean_accuracy"] = v.fraction("mean_accuracy", v.field(data, "mean_accuracy"))

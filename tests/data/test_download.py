@@ -349,7 +349,7 @@ def test_bad_sources(tmp_path):
         acquire(str(tmp_path / "empty"), tmp_path / "root")
 
 
-# -- the command line: the check ------------------------------------------------------------
+# -- the command line ------------------------------------------------------------------------
 def test_cli_synth_then_download_twice(tmp_path, capsys):
     a, b = tmp_path / "A", tmp_path / "B"
     assert cli.main(["synth", "--out", str(a), "--n", "300", "--seed", "1"]) == 0

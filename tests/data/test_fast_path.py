@@ -201,7 +201,8 @@ def test_train_batches_are_seeded_shuffled_and_cover_the_split(run):
 
 def test_a_training_pass_on_the_cache_path_learns(learning_run):
     """A small CNN trained on cache batches beats the majority baseline on held-out images."""
-    from faceattr.engine.evaluate import majority_classes, score_loader, summarise
+    from faceattr.engine.inference import score_loader
+    from faceattr.engine.metrics import majority_classes, summarise
     from faceattr.engine.train import AttributeLoss, train_one_epoch
 
     run_dir, config = learning_run

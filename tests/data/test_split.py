@@ -156,7 +156,7 @@ def test_read_split_of_a_run_without_one(tmp_path):
         read_split(tmp_path)
 
 
-# -- the command line: the check ------------------------------------------------------------
+# -- the command line ------------------------------------------------------------------------
 @pytest.mark.parametrize("strategy", ["random", "official", "identity"])
 def test_cli_split(synth_root, tmp_path, capsys, strategy):
     run = tmp_path / "run"

@@ -37,7 +37,7 @@ class Indices(torch.utils.data.Dataset):
 
 
 def _loader(size: int, batch: int, seed: int):
-    """A loader built like faceattr.data.make_loader's train loader: shuffled with a seeded generator."""
+    """A loader built like faceattr.data.loaders.make_loader's train loader: shuffled with a seeded generator."""
     generator = torch.Generator()
     generator.manual_seed(seed)
     return torch.utils.data.DataLoader(Indices(size), batch_size=batch, shuffle=True, generator=generator)

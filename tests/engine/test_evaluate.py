@@ -1,4 +1,4 @@
-"""faceattr.engine.evaluate (metrics against sklearn, threshold tuning) and evaluate/select/test on a run folder."""
+"""faceattr.engine.metrics (against sklearn, threshold tuning), engine.inference, and evaluate/select/test on a run folder."""
 from __future__ import annotations
 
 import json
@@ -13,14 +13,9 @@ from sklearn.metrics import balanced_accuracy_score, f1_score
 
 from faceattr.checkpoint import save_checkpoint
 from faceattr.run.config import RunConfig
-from faceattr.engine.evaluate import (
-    attribute_metrics,
-    evaluate_epoch,
-    get_accuracy,
-    majority_classes,
-    score_loader,
-    tune_thresholds,
-)
+from faceattr.engine.evaluate import evaluate_epoch
+from faceattr.engine.inference import prepare_for_inference, score_loader
+from faceattr.engine.metrics import attribute_metrics, get_accuracy, majority_classes, tune_thresholds
 from faceattr.engine.selection import select_best
 from faceattr.attributes import ATTRIBUTES
 from faceattr.run.layout import RunLayout
@@ -300,7 +295,6 @@ def test_commands_report_errors_without_a_traceback(base_run, tmp_path, capsys):
 def test_inference_turns_cudnn_autotuning_on_for_cuda_only(monkeypatch):
     """Evaluation and scoring (prepare_for_inference) get the fast path's cuDNN rule, as training does."""
     from faceattr import runtime
-    from faceattr.engine.evaluate import prepare_for_inference
 
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     prepare_for_inference(torch.nn.Linear(2, 2), torch.device("cpu"))
@@ -311,3 +305,60 @@ def test_inference_turns_cudnn_autotuning_on_for_cuda_only(monkeypatch):
     monkeypatch.setattr(runtime, "prepare_cuda", asked.append)
     prepare_for_inference(torch.nn.Linear(2, 2), torch.device("cpu"))
     assert asked == [torch.device("cpu")]
+
+
+# -- inference: the head runs in float32 ------------------------------------------------------
+def _bf16_autocast_on_cpu(monkeypatch) -> None:
+    """What CUDA gets (bf16 autocast), on the CPU: faceattr.runtime.autocast is a no-op there."""
+    from faceattr import runtime
+
+    monkeypatch.setattr(runtime, "autocast", lambda device: torch.autocast(device_type="cpu", dtype=torch.bfloat16))
+
+
+def test_the_head_runs_in_float32_under_bf16_autocast(monkeypatch):
+    _bf16_autocast_on_cpu(monkeypatch)
+    torch.manual_seed(0)
+    model = build_model("resnet18", weights="none", freeze_children=0)
+    seen = []
+    model.fc.register_forward_hook(lambda module, inputs, output: seen.append((inputs[0].dtype, output.dtype)))
+    images = torch.randn(3, 3, 64, 64)
+    loader = [(images, torch.ones(3, 40))]
+    scores, _ = score_loader(model, loader, torch.device("cpu"))
+    # The backbone ran under bf16 autocast; the head's output is float32 all the same.
+    assert seen == [(torch.bfloat16, torch.float32)]
+    # The scores are the fp32 head applied to the (bf16) backbone's features, exactly.
+    features = []
+    model.fc.register_forward_hook(lambda module, inputs, output: features.append(inputs[0]))
+    with torch.inference_mode(), torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        model(images)
+    expected = torch.nn.functional.linear(features[0].float(), model.fc.weight, model.fc.bias)
+    assert np.array_equal(scores, expected.detach().numpy())
+
+
+def test_without_the_float32_head_bf16_autocast_rounds_the_scores(monkeypatch):
+    """The test above can fail: a head left under autocast gives bf16 outputs."""
+    _bf16_autocast_on_cpu(monkeypatch)
+    model = build_model("resnet18", weights="none", freeze_children=0).eval()
+    with torch.inference_mode(), torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        assert model(torch.randn(1, 3, 64, 64)).dtype == torch.bfloat16
+
+
+def test_float32_head_keeps_the_state_dict_and_is_applied_once():
+    model = build_model("resnet18", weights="none", freeze_children=0)
+    keys = list(model.state_dict())
+    prepare_for_inference(model, torch.device("cpu"))
+    wrapped = model.fc.forward
+    prepare_for_inference(model, torch.device("cpu"))
+    assert list(model.state_dict()) == keys and model.fc.forward is wrapped
+
+
+def test_padding_a_short_batch_gives_the_same_rows():
+    from faceattr.engine.inference import queue_scores
+
+    torch.manual_seed(0)
+    model = prepare_for_inference(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 40)), torch.device("cpu"))
+    images = torch.randn(3, 3, 2, 2)
+    with torch.inference_mode():
+        padded = queue_scores(model, images, torch.device("cpu"), pad_to=8)
+        plain = queue_scores(model, images, torch.device("cpu"))
+    assert padded.shape == (3, 40) and torch.allclose(padded, plain, atol=1e-6)

@@ -1,5 +1,5 @@
 """A model.pt that is not the run's own (another run's, another arch's) is refused by evaluate
-before it can overwrite the run's test metrics (issue 16 §2, case 5)."""
+before it can overwrite the run's test metrics."""
 from __future__ import annotations
 
 from pathlib import Path

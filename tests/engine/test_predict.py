@@ -169,7 +169,7 @@ def test_predict_folder_writes_rows_and_errors(tmp_path, model_file):
 
     folder = _write_folder(tmp_path / "private", _input_files())
     out = tmp_path / "out" / "preds.csv"
-    # The issue's check, through the command line. On the CPU: the scores are compared with fp32
+    # Through the command line. On the CPU: the scores are compared with fp32
     # CPU ones at 1e-4 (on CUDA predict runs bf16 with nvjpeg; test_fast_path's CUDA test covers that).
     assert main(["predict", "--model", str(model_file), "--images", str(folder), "--out", str(out),
                  "--scores", "--batch-size", "4", "--device", "cpu"]) == 0
@@ -207,8 +207,8 @@ def test_predict_counts_add_up_and_zip_matches_folder(tmp_path, model_file):
     folder = _write_folder(tmp_path / "private", files)
     archive = _write_zip(tmp_path / "private.zip", files)
 
-    from_folder = predict(model_file, folder, tmp_path / "folder.csv", batch_size=4)
-    from_zip = predict(model_file, archive, tmp_path / "zip.csv", batch_size=4)
+    from_folder = predict(model_file, folder, tmp_path / "folder.csv", batch_size=4, device="cpu")
+    from_zip = predict(model_file, archive, tmp_path / "zip.csv", batch_size=4, device="cpu")
     for result in (from_folder, from_zip):
         assert (result["images"], result["rows"], result["errors"]) == (12, 9, 3)
         assert result["rows"] + result["errors"] == result["images"]
@@ -222,7 +222,7 @@ def test_predict_counts_add_up_and_zip_matches_folder(tmp_path, model_file):
 def test_output_inside_the_input_folder_is_refused(tmp_path, model_file):
     folder = _write_folder(tmp_path / "private", {"a.jpg": _input_files()["a.jpg"]})
     with pytest.raises(ValueError, match="preds.csv: inside the images folder"):
-        predict(model_file, folder, folder / "preds.csv")
+        predict(model_file, folder, folder / "preds.csv", device="cpu")
     assert sorted(path.name for path in folder.iterdir()) == ["a.jpg"]
 
 
@@ -230,7 +230,7 @@ def test_output_inside_the_input_folder_is_refused(tmp_path, model_file):
 def test_zip_entries_with_absolute_paths_or_dotdot_are_refused(tmp_path, model_file, entry):
     archive = _write_zip(tmp_path / "evil.zip", {"a.jpg": _input_files()["a.jpg"], entry: b"x"})
     with pytest.raises(ValueError, match="evil.zip: refused: entry .* absolute path or '..'"):
-        predict(model_file, archive, tmp_path / "out.csv")
+        predict(model_file, archive, tmp_path / "out.csv", device="cpu")
     assert not (tmp_path / "out.csv").exists()
 
 
@@ -238,21 +238,21 @@ def test_bad_inputs_are_clear_errors(tmp_path, model_file):
     from faceattr.checkpoint import save_checkpoint
 
     with pytest.raises(FileNotFoundError, match="nowhere: no such folder or zip"):
-        predict(model_file, tmp_path / "nowhere", tmp_path / "out.csv")
+        predict(model_file, tmp_path / "nowhere", tmp_path / "out.csv", device="cpu")
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / ".hidden.jpg").write_bytes(b"")
     with pytest.raises(ValueError, match="empty: no files to predict"):
-        predict(model_file, empty, tmp_path / "out.csv")
+        predict(model_file, empty, tmp_path / "out.csv", device="cpu")
     not_zip = tmp_path / "images.tar"
     not_zip.write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="images.tar: neither a folder nor a zip"):
-        predict(model_file, not_zip, tmp_path / "out.csv")
+        predict(model_file, not_zip, tmp_path / "out.csv", device="cpu")
     training_checkpoint = save_checkpoint({"model": {"w": torch.ones(1)}, "epoch": 1}, tmp_path / "epoch_1.pt")
     with pytest.raises(ValueError, match="epoch_1.pt: not an exported model file; missing key"):
-        predict(training_checkpoint, empty, tmp_path / "out.csv")
+        predict(training_checkpoint, empty, tmp_path / "out.csv", device="cpu")
     with pytest.raises(ValueError, match="batch_size"):
-        predict(model_file, empty, tmp_path / "out.csv", batch_size=0)
+        predict(model_file, empty, tmp_path / "out.csv", batch_size=0, device="cpu")
     assert not (tmp_path / "out.csv").exists()
 
 
@@ -267,7 +267,7 @@ def test_predict_real_celeba_images_from_a_zip(celeba_sample, tmp_path, model_fi
         first = open_image(io.BytesIO(source.read(names[0])), name=names[0])
     assert first.size == IMAGE_SIZE and first.mode == "RGB"
 
-    result = predict(model_file, tmp_path / "real.zip", tmp_path / "real.csv", batch_size=8)
+    result = predict(model_file, tmp_path / "real.zip", tmp_path / "real.csv", batch_size=8, device="cpu")
     assert (result["images"], result["rows"], result["errors"]) == (24, 24, 0)
     table = pd.read_csv(tmp_path / "real.csv", dtype={"image_id": str})
     assert table["image_id"].tolist() == names
@@ -291,12 +291,11 @@ def _device_decode_on_cpu(monkeypatch, fail=None) -> list[int]:
 
     Returns the list that receives the number of files of each decode_jpeg call.
     """
-    import torchvision.io
-
+    import faceattr.data.jpeg
     import faceattr.engine.predict as predict_module
 
     monkeypatch.setattr(predict_module, "DEVICE_DECODE", ("cpu",))
-    real, calls = torchvision.io.decode_jpeg, []
+    real, calls = faceattr.data.jpeg.decode_jpeg, []
 
     def decode_jpeg(input, *args, **kwargs):
         files = input if isinstance(input, list) else [input]
@@ -306,7 +305,7 @@ def _device_decode_on_cpu(monkeypatch, fail=None) -> list[int]:
             raise error
         return real(input, *args, **kwargs)
 
-    monkeypatch.setattr(torchvision.io, "decode_jpeg", decode_jpeg)
+    monkeypatch.setattr(faceattr.data.jpeg, "decode_jpeg", decode_jpeg)
     return calls
 
 
@@ -329,10 +328,9 @@ def test_predict_with_many_loader_workers_and_a_low_open_file_limit(tmp_path, mo
         resource.setrlimit(resource.RLIMIT_NOFILE, (128, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
         import faceattr.engine.predict as predict_module
         predict_module.DEVICE_DECODE = ("cpu",)
-        import faceattr.runtime
-        faceattr.runtime.resolve_num_workers = lambda n: 2  # two worker processes on any machine
+        predict_module.resolve_num_workers = lambda n: 2  # two worker processes on any machine
         # The model is not what is tested: zeros keep 600 images fast on two cores.
-        predict_module._run_model = lambda model, images, device: torch.zeros(len(images), 40)
+        predict_module.queue_scores = lambda model, images, device, pad_to=None: torch.zeros(len(images), 40)
         result = predict_module.predict({str(model_file)!r}, {str(folder)!r}, {str(tmp_path / "out.csv")!r},
                                         batch_size=512, device="cpu")
         print(result["images"], result["rows"], result["errors"])

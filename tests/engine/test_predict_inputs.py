@@ -1,5 +1,5 @@
 """faceattr.engine.predict's bad inputs: --out a folder or a full disk, names that are not UTF-8,
-symlinked folders, links out of FACEATTR_DATA_ROOTS (issue 16 §2, cases 1-4)."""
+symlinked folders, links out of FACEATTR_DATA_ROOTS."""
 from __future__ import annotations
 
 import csv
@@ -49,8 +49,8 @@ def test_out_naming_a_folder_is_refused_before_scoring(tmp_path, model_file, cap
     folder = tmp_path / "results"
     folder.mkdir()
     with pytest.raises(IsADirectoryError, match=r"results: is a folder; give the path of the \.csv file"):
-        predict(model_file, images, folder)
-    assert main(["predict", "--model", str(model_file), "--images", str(images), "--out", str(folder)]) == 2
+        predict(model_file, images, folder, device="cpu")
+    assert main(["predict", "--device", "cpu", "--model", str(model_file), "--images", str(images), "--out", str(folder)]) == 2
     error = capsys.readouterr().err
     assert f"{folder}: is a folder" in error and "Traceback" not in error
 
@@ -68,8 +68,8 @@ def test_a_full_disk_while_writing_the_csv_names_it(tmp_path, model_file, monkey
 
     monkeypatch.setattr(pd.DataFrame, "to_csv", full_disk)
     with pytest.raises(NoSpaceError, match=r"out.csv: no space left on device"):
-        predict(model_file, images, out)
-    assert main(["predict", "--model", str(model_file), "--images", str(images), "--out", str(out)]) == 2
+        predict(model_file, images, out, device="cpu")
+    assert main(["predict", "--device", "cpu", "--model", str(model_file), "--images", str(images), "--out", str(out)]) == 2
     assert "out.csv: no space left on device" in capsys.readouterr().err
     assert sorted(os.listdir(tmp_path)) == ["images"]  # nothing half-written
 
@@ -89,7 +89,7 @@ def test_a_name_that_is_not_utf8_gets_an_escaped_row(tmp_path, model_file):
     (images / "a.jpg").write_bytes(_jpeg(0))
     (images / os.fsdecode(b"caf\xe9.jpg")).write_bytes(_jpeg(1))  # Latin-1 bytes, as old cameras wrote
     (images / os.fsdecode(b"bad\xff.txt")).write_bytes(b"not an image")
-    result = predict(model_file, images, tmp_path / "out.csv")
+    result = predict(model_file, images, tmp_path / "out.csv", device="cpu")
     assert (result["images"], result["rows"], result["errors"]) == (3, 2, 1)
     assert sorted(_rows(tmp_path / "out.csv")) == ["a.jpg", "caf\\xe9.jpg"]
     assert list(_rows(tmp_path / "out.errors.csv")) == ["bad\\xff.txt"]
@@ -109,7 +109,7 @@ def test_symlinked_folders_are_followed_and_every_file_accounted_for(tmp_path, m
     (images / "again").symlink_to(images / "sub", target_is_directory=True)  # its files are listed already
     (images / "sub" / "loop").symlink_to(images, target_is_directory=True)  # a loop
     (images / "file-link.jpg").symlink_to(outside / "linked.jpg")
-    result = predict(model_file, images, tmp_path / "out.csv")
+    result = predict(model_file, images, tmp_path / "out.csv", device="cpu")
     rows, errors = _rows(tmp_path / "out.csv"), _rows(tmp_path / "out.errors.csv")
     assert sorted(rows) == ["a.jpg", "file-link.jpg", "more/linked.jpg", "sub/b.jpg"]
     assert sorted(errors) == ["again", "sub/loop"]
@@ -139,7 +139,7 @@ def test_links_out_of_the_data_roots_are_refused_without_saying_what_is_there(tm
 
     Image.open = watch
     try:
-        result = predict(model_file, images, allowed / "out.csv", roots=[allowed.resolve()])
+        result = predict(model_file, images, allowed / "out.csv", roots=[allowed.resolve()], device="cpu")
     finally:
         Image.open = real_open
     rows, errors = _rows(allowed / "out.csv"), _rows(allowed / "out.errors.csv")

@@ -269,9 +269,9 @@ def test_recalibrate_batchnorm_averages_fresh_statistics_and_restores_the_layer(
 
 # -- epochs of a tiny run -----------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory, synthetic_root) -> tuple[Path, RunConfig]:
+def _tiny_template(tmp_path_factory: pytest.TempPathFactory, synthetic_root) -> tuple[Path, RunConfig]:
     """80 synthetic images (64 train), resnet18 from scratch with its first 6 children frozen, batch 16,
-    in-process loading."""
+    in-process loading: config and split, nothing trained. Tests get copies (tiny_run)."""
     from faceattr.data.split import make_split
 
     root = synthetic_root(80, 3)
@@ -286,6 +286,37 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, synthetic_root) -> tuple[
     split = make_split(root, "random", 0, run)
     assert split["train"] == 64
     return run, config
+
+
+@pytest.fixture(scope="module")
+def _tiny_template_with_epoch_1(_tiny_template, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny run with epoch 1 trained, once per module; tests get copies (tiny_run_with_epoch_1)."""
+    import shutil
+
+    template, config = _tiny_template
+    run = tmp_path_factory.mktemp("tiny-run-epoch-1") / "run"
+    shutil.copytree(template, run)
+    train_epoch(run, 1, config)
+    return run
+
+
+@pytest.fixture
+def tiny_run(_tiny_template, tmp_path: Path) -> tuple[Path, RunConfig]:
+    """A fresh copy of the tiny run, nothing trained: what one test does to it no other test sees."""
+    import shutil
+
+    template, config = _tiny_template
+    shutil.copytree(template, tmp_path / "tiny")
+    return tmp_path / "tiny", config
+
+
+@pytest.fixture
+def tiny_run_with_epoch_1(_tiny_template, _tiny_template_with_epoch_1, tmp_path: Path) -> tuple[Path, RunConfig]:
+    """A fresh copy of the tiny run with epoch 1 trained."""
+    import shutil
+
+    shutil.copytree(_tiny_template_with_epoch_1, tmp_path / "tiny")
+    return tmp_path / "tiny", _tiny_template[1]
 
 
 def _load(path: Path) -> dict:
@@ -334,22 +365,18 @@ def _assert_same_epoch(before: dict, after: dict) -> None:
     assert before["train"]["loss"] == after["train"]["loss"]
 
 
-def test_rerunning_an_epoch_gives_identical_weights(tiny_run):
-    run, config = tiny_run
+def test_rerunning_an_epoch_gives_identical_weights(tiny_run_with_epoch_1):
+    run, config = tiny_run_with_epoch_1
     path = run / "checkpoints" / "epoch_1.pt"
-    if not path.exists():
-        train_epoch(run, 1, config)
     before = _load(path)
     train_epoch(run, 1, config)
     _assert_same_epoch(before, _load(path))
 
 
-def test_rerunning_a_resumed_epoch_gives_identical_weights(tiny_run):
+def test_rerunning_a_resumed_epoch_gives_identical_weights(tiny_run_with_epoch_1):
     # Epoch 2 starts from epoch 1's checkpoint (weights, optimizer, schedule, RNG): what a retried
     # Airflow task does. Both tries must write the same epoch_2.pt.
-    run, config = tiny_run
-    if not (run / "checkpoints" / "epoch_1.pt").exists():
-        train_epoch(run, 1, config)
+    run, config = tiny_run_with_epoch_1
     path = run / "checkpoints" / "epoch_2.pt"
     train_epoch(run, 2, config)
     first = _load(path)
@@ -360,10 +387,8 @@ def test_rerunning_a_resumed_epoch_gives_identical_weights(tiny_run):
     assert not torch.equal(first["model"]["fc.weight"], _load(run / "checkpoints" / "epoch_1.pt")["model"]["fc.weight"])
 
 
-def test_epoch_2_resumes_from_epoch_1(tiny_run):
-    run, config = tiny_run
-    if not (run / "checkpoints" / "epoch_1.pt").exists():
-        train_epoch(run, 1, config)
+def test_epoch_2_resumes_from_epoch_1(tiny_run_with_epoch_1):
+    run, config = tiny_run_with_epoch_1
     first = _load(run / "checkpoints" / "epoch_1.pt")
     clock = time.perf_counter()
     result = train_epoch(run, 2, config)
@@ -383,20 +408,16 @@ def test_epoch_2_resumes_from_epoch_1(tiny_run):
     assert torch.equal(first["model"]["conv1.weight"], second["model"]["conv1.weight"])
 
 
-def test_resuming_with_a_different_lr_is_a_config_error(tiny_run):
-    run, config = tiny_run
-    if not (run / "checkpoints" / "epoch_1.pt").exists():
-        train_epoch(run, 1, config)
+def test_resuming_with_a_different_lr_is_a_config_error(tiny_run_with_epoch_1):
+    run, config = tiny_run_with_epoch_1
     with pytest.raises(ConfigError, match="lr"):
         train_epoch(run, 2, config.replace(lr=0.5))
 
 
-def test_an_epoch_without_its_previous_checkpoint_is_a_clear_error(tiny_run, tmp_path):
+def test_an_epoch_without_its_previous_checkpoint_is_a_clear_error(tiny_run_with_epoch_1, tmp_path):
     import shutil
 
-    run, config = tiny_run
-    if not (run / "checkpoints" / "epoch_1.pt").exists():
-        train_epoch(run, 1, config)
+    run, config = tiny_run_with_epoch_1
     other = tmp_path / "run"
     shutil.copytree(run, other)
     (other / "checkpoints" / "epoch_2.pt").unlink(missing_ok=True)
@@ -406,16 +427,14 @@ def test_an_epoch_without_its_previous_checkpoint_is_a_clear_error(tiny_run, tmp
         train_epoch(other, 0, config)
 
 
-def test_an_epoch_with_recalibrate_bn_saves_statistics_of_unaugmented_images(tiny_run, tmp_path):
+def test_an_epoch_with_recalibrate_bn_saves_statistics_of_unaugmented_images(tiny_run_with_epoch_1, tmp_path):
     import shutil
 
     from faceattr.data.loaders import make_loader
     from faceattr.model import build_model
     from faceattr.engine.train import recalibrate_batchnorm
 
-    run, config = tiny_run
-    if not (run / "checkpoints" / "epoch_1.pt").exists():
-        train_epoch(run, 1, config)
+    run, config = tiny_run_with_epoch_1
     plain = _load(run / "checkpoints" / "epoch_1.pt")["model"]
     other = tmp_path / "run"
     other.mkdir()

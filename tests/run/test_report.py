@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from faceattr.run.config import RunConfig
-from faceattr.engine.evaluate import majority_classes, summarise
+from faceattr.engine.metrics import majority_classes, summarise
 from faceattr.fsutil import read_json, write_json
 from faceattr.attributes import ATTRIBUTES
 from faceattr.run.layout import RunLayout

@@ -11,7 +11,7 @@ import pytest
 from fastapi import HTTPException
 
 from faceattr.attributes import ATTRIBUTES
-from faceattr.engine.evaluate import mean_loss
+from faceattr.engine.metrics import mean_loss
 from faceattr.fsutil import read_json
 from faceattr.run import metrics
 from faceattr.run.layout import RunLayout

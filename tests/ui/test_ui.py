@@ -12,7 +12,7 @@ import pytest
 
 from faceattr.attributes import ATTRIBUTES
 from faceattr.run.config import RunConfig
-from faceattr.engine.evaluate import get_accuracy, majority_classes, summarise
+from faceattr.engine.metrics import get_accuracy, majority_classes, summarise
 from faceattr.fsutil import write_json
 from faceattr.run import metrics
 from faceattr.run.layout import RunLayout
