@@ -219,7 +219,8 @@ def build_split_cache(
     chunk_images: int = CHUNK_IMAGES,
 ) -> dict[str, Any]:
     """Build (or keep) RUN/cache/{split}; returns {"split", "images", "status", "path", "seconds"}."""
-    from faceattr.data.layout import images_dir
+    from faceattr.data.layout import IMAGES_DIR
+    from faceattr.data.versions import run_dataset_dir
 
     npy, index_path = cache_paths(run_dir, split)
     if cache_problem(run_dir, split, image_ids, root) is None:
@@ -232,7 +233,8 @@ def build_split_cache(
     index_path.unlink(missing_ok=True)
     index = _expected_index(split, image_ids, root)
     log.info("cache %s: decoding %d images with %d worker(s) into %s", split, len(image_ids), num_workers, npy)
-    chunks = decoded_chunks(images_dir(root), image_ids, num_workers=num_workers, chunk_images=chunk_images)
+    images = run_dataset_dir(run_dir, root) / IMAGES_DIR  # the run's data version
+    chunks = decoded_chunks(images, image_ids, num_workers=num_workers, chunk_images=chunk_images)
     index["npy_bytes"] = write_npy_chunks(npy, index["shape"], chunks)
     index["image_ids"] = list(image_ids)
     write_json(index_path, index)

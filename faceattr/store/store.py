@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 
 from faceattr import settings
 from faceattr.attributes import ATTRIBUTES, SPLITS
+from faceattr.data.versions import run_version
 from faceattr.fsutil import read_json
 from faceattr.run.layout import RunLayout
 from faceattr.store import values as v
@@ -255,6 +256,9 @@ class Store:
         if run_fields.get("config") is None and layout.config.is_file():
             run_fields["config"] = read_json(layout.config)  # absent: keep what the store has
         run = self._run_values(run_id, run_dir=layout.root, **run_fields)
+        version = run_version(layout.root)
+        if version is not None:  # the data version split.csv was made from (prune keeps it)
+            run["data_version"] = version
         rows = read_run_dir(run_id, layout.root)
         epochs, attribute_rows, model = rows.epochs, rows.attribute_metrics, rows.model
 
@@ -284,9 +288,12 @@ class Store:
 
     def current_model(self) -> dict[str, Any] | None:
         """The champion (the model `champion`/`latest` scoring uses), or None before the first publish."""
-        with Session(self.engine) as session:
-            model = session.scalars(select(Model).where(Model.is_current)).first()
-            return None if model is None else _model_dict(model)
+        with self.engine.connect() as conn:
+            row = champion_row(conn)
+        if row is None:
+            return None
+        row["current"] = row.pop("is_current")
+        return row
 
     def runs(self) -> list[dict[str, Any]]:
         """Every run, newest first, with its epoch count and best epoch."""
@@ -334,6 +341,11 @@ class Store:
             raise ValueError(f"table: {table!r} is not one of {', '.join(TABLES)}")
         with Session(self.engine) as session:
             return session.scalar(select(func.count()).select_from(TABLES[table]))
+
+    def data_versions_in_use(self) -> set[str]:
+        """The data versions the store's runs were split from: `faceattr data prune` keeps them."""
+        with Session(self.engine) as session:
+            return set(session.scalars(select(Run.data_version).where(Run.data_version.is_not(None))))
 
     def scoring_job(self, job_id: str) -> dict[str, Any] | None:
         with Session(self.engine) as session:
@@ -387,6 +399,13 @@ def _sqlite_transactions(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("faceattr_write") else "BEGIN")
+
+
+def champion_row(conn: Connection) -> dict[str, Any] | None:
+    """The champion's models row (column names as in the table), or None: the one champion lookup,
+    for Store.current_model and the registry."""
+    row = conn.execute(select(Model).where(Model.is_current)).mappings().first()
+    return None if row is None else dict(row)
 
 
 # -- row -> dict -----------------------------------------------------------------------

@@ -17,6 +17,7 @@ from faceattr.store import registry
 from faceattr.store.registry import RegistryError
 from faceattr.store.store import Store
 from faceattr.views import format_models
+from model_files import retest, write_model_file
 
 
 def _data_root(tmp_path: Path, name: str = "data", labels: str = "2\nlabels\n") -> Path:
@@ -37,10 +38,11 @@ def _tested_run(runs: Path, name: str, test: float, *, root: Path, seed: int = 0
     attributes = {n: {"accuracy": test, "balanced_accuracy": test, "f1": test} for n in ATTRIBUTES}
     for epoch in (1, 2):
         metrics.write_epoch_metrics(run_dir, "val", epoch, {"mean_accuracy": 0.8, "attributes": attributes})
-    metrics.write_epoch_metrics(run_dir, "test", 2, {"mean_accuracy": test, "attributes": attributes})
-    RunLayout(run_dir).model.write_bytes(b"weights of " + name.encode())
+    write_model_file(run_dir, name)
     metrics.write_best(run_dir, {"epoch": 2, "val_mean_accuracy": 0.8})
+    metrics.write_epoch_metrics(run_dir, "test", 2, {"mean_accuracy": test, "attributes": attributes})
     return run_dir
+
 
 
 def _states(store: Store) -> dict[str, str]:
@@ -321,6 +323,8 @@ def test_the_models_commands_and_predict_with_the_champion(store_url, tmp_path, 
         config = RunConfig(arch="mobilenet_v3_small", weights="none", freeze_children=0)
         export_model(RunLayout(run_dir).model, build_model(config.arch, "none", 0).state_dict(), config, epoch=2,
                      thresholds=np.full(40, -10.0 if name == "first" else 10.0), run=str(run_dir), val_mean_accuracy=0.8)
+        RunConfig.load(run_dir).replace(arch=config.arch).save(run_dir)
+        retest(run_dir)
     for run_dir in runs.values():
         assert main(["models", "publish", str(run_dir)]) == 0
     printed = capsys.readouterr().out
