@@ -101,6 +101,13 @@ def train_params() -> dict[str, dict[str, Any]]:
     return params
 
 
+def data_params() -> dict[str, dict[str, Any]]:
+    """faceattr_data's params: the source to check and the root it goes into (faceattr_train's defaults)."""
+    train = train_params()
+    return {name: {key: value for key, value in train[name].items() if key != "section"}
+            for name in ("source", "root")}
+
+
 def score_params() -> dict[str, dict[str, Any]]:
     """faceattr_score's params (images default to the standing set, if one is configured)."""
     images = {

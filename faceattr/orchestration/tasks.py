@@ -163,7 +163,8 @@ _EVAL_SUMMARY = ("epoch", "images", "mean_accuracy", "majority_baseline", "mean_
 def download(params: Mapping[str, Any], conf: Mapping[str, Any] | None = None) -> dict:
     """Check the run's settings, then fetch and verify the dataset into the root (idempotent).
 
-    Only fetching is worth retrying: bad settings fail at once (Refused).
+    Only fetching is worth retrying: bad settings fail at once (Refused). New data becomes a new
+    data version; this run trains on it (faceattr_data's announce_data is what starts retrains).
     """
     with refuse_bad_settings():
         check_conf(conf, set(train_params()))
@@ -171,9 +172,7 @@ def download(params: Mapping[str, Any], conf: Mapping[str, Any] | None = None) -
         registry.check_min_gain(params.get("promote_min_gain") or 0.0)  # publish's own checks, before training
         registry.check_min_images(params.get("gate_min_images", registry.GATE_MIN_IMAGES))
         check_path(params["output"], "output")
-        source = params.get("source")
-        if source and "://" not in source and source != "gdrive":
-            source = str(check_path(source, "source"))
+        source = checked_source(params.get("source"))
     root = Path(config.root)
     if not source:
         attr = celeba_dir(root) / ATTR_FILE
@@ -184,10 +183,32 @@ def download(params: Mapping[str, Any], conf: Mapping[str, Any] | None = None) -
             )
         log.info("download: no source given; using the dataset in %s", celeba_dir(root))
         return {"status": "present", "root": str(root)}
+    return _acquire(source, root)
 
+
+def check_data(params: Mapping[str, Any]) -> dict:
+    """faceattr_data's check: the source into the root; a changed source becomes a new data version."""
+    with refuse_bad_settings():
+        root = check_path(params["root"], "root")
+        source = checked_source(params.get("source"))
+    if not source:
+        raise Refused("no source to check: set the 'source' param or FACEATTR_SOURCE (a folder, a mirror URL or "
+                      "'gdrive')")
+    return _acquire(source, root)
+
+
+def checked_source(source: str | None) -> str | None:
+    """A local source folder checked against FACEATTR_DATA_ROOTS; URLs and 'gdrive' as they are."""
+    if source and "://" not in source and source != "gdrive":
+        return str(check_path(source, "source"))
+    return source
+
+
+def _acquire(source: str, root: Path) -> dict:
     result = acquire(source, root)
-    log.info("download: %s from %s into %s: %s, data version %s (changes %s)", result["status"], result["source"],
-             root, result["counts"], result["version"], result["changes"])
+    log.info("download: %s from %s into %s: %s, data version %s (previous %s, changes %s)", result["status"],
+             result["source"], root, result["counts"], result["version"], result["previous_version"],
+             result["changes"])
     return summary(result, "status", "source", "root", "counts", "seconds", "version", "previous_version", "changes")
 
 
