@@ -16,7 +16,8 @@ faceattr.synth.sampling, the faces from faceattr.synth.drawing.
 `generate(out, n, seed, base=DIR)` writes next week's data: DIR's images and label rows unchanged,
 then `n` new images of new identities numbered after them (what a team adding a labelled batch
 has); `corrupt="flip"` writes the new batch's labels inverted and `corrupt="shuffle"` gives each
-new image another new image's labels: a labelling accident.
+new image another new image's labels: a labelling accident. A corrupted batch is all in the
+official train partition, so the test images stay correctly labelled and measure the damage.
 """
 from __future__ import annotations
 
@@ -60,21 +61,23 @@ def generate(out: Path, n: int, seed: int, *, base: Path | None = None, corrupt:
     data = sample_labels(n, seed)
     kept = _Base.read(Path(base)) if base is not None else _Base()
     check_counts(len(kept.names) + n, seed)
-    table = data.table
+    table, partition = data.table, data.partition
     if corrupt == "flip":
         table = -table
     elif corrupt == "shuffle":
         table = table[np.random.default_rng([seed, 2]).permutation(n)]
+    if corrupt is not None:
+        partition = np.zeros_like(partition)
 
     out.mkdir(parents=True, exist_ok=True)
     names = [f"{len(kept.names) + i + 1:06d}.jpg" for i in range(n)]
     identity = data.identity + kept.next_identity
     _write_images(out / IMAGES_ZIP, names, data, seed, kept.images)
     _write_crlf(out / ATTR_FILE, _attribute_lines(kept.names + names, np.concatenate([kept.table, table])))
-    _write_crlf(out / PARTITION_FILE, kept.partition + [f"{name} {p}" for name, p in zip(names, data.partition)])
+    _write_crlf(out / PARTITION_FILE, kept.partition + [f"{name} {p}" for name, p in zip(names, partition)])
     _write_crlf(out / IDENTITY_FILE, kept.identity + [f"{name} {p}" for name, p in zip(names, identity)])
 
-    counts = np.bincount(data.partition, minlength=3)
+    counts = np.bincount(partition, minlength=3)
     return {
         "images": len(kept.names) + n,
         "added": n if base is not None else None,
