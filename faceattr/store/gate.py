@@ -17,6 +17,7 @@ import hashlib
 from pathlib import Path
 from typing import Any, Callable
 
+from faceattr.data.split import read_split
 from faceattr.data.versions import run_labels_file
 from faceattr.fsutil import read_json, sha256_of
 from faceattr.run.layout import RunLayout
@@ -67,9 +68,6 @@ def set_difference(new: dict | None, old: dict | None) -> str | None:
 
 
 def _split_ids(run_dir: Path, parts: tuple[str, ...]) -> list[str] | None:
-    # pandas, through read_split: only when publishing, never when a DAG file is parsed.
-    from faceattr.data.split import read_split
-
     try:
         split = read_split(run_dir)
     except (OSError, ValueError):

@@ -37,6 +37,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from faceattr.checkpoint import load_checkpoint
 from faceattr.fsutil import ChecksumError, sha256_of
 from faceattr.model import check_run_model
+from faceattr.run.chosen import selected_model
 from faceattr.run.config import ConfigError, RunConfig
 from faceattr.run.layout import RunLayout
 from faceattr.run.metrics import read_best, read_test_metrics
@@ -44,7 +45,7 @@ from faceattr.store.gate import (
     EVAL_SET_FIELDS, GATE_MIN_IMAGES, HAND_RULE, Rescore, compare, evaluation_set, set_difference,
 )
 from faceattr.store.schema import MODEL_STATES, Model, ModelEvent, Run
-from faceattr.store.store import Store, champion_row as _champion, default_url, selected_model
+from faceattr.store.store import Store, champion_row as _champion, default_url
 
 __all__ = ["GATE_MIN_IMAGES", "RegistryError", "evaluation_set", "set_difference", "publish", "promote", "rollback",
            "resolve", "champion", "candidates", "history", "published_run_ids", "check_min_gain",

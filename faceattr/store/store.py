@@ -9,7 +9,8 @@ The URL comes from FACEATTR_DB_URL; the default is a SQLite file, $FACEATTR_HOME
 (FACEATTR_HOME defaults to ./data). The schema is created and upgraded by the Alembic migrations
 in faceattr/store/migrations; a new schema change is a new file in faceattr/store/migrations/versions.
 
-Only SQLAlchemy is imported at module level: DAG files may import this at parse time.
+Only SQLAlchemy is imported at module level (Alembic when a store is opened): DAG files may import
+this at parse time. Which model and epoch are the run's is faceattr.run.chosen's rule.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from sqlalchemy import create_engine, event, func, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -31,6 +33,7 @@ from faceattr import settings
 from faceattr.attributes import ATTRIBUTES, SPLITS
 from faceattr.data.versions import run_version
 from faceattr.fsutil import read_json
+from faceattr.run.chosen import best_so_far, selected_model
 from faceattr.run.layout import RunLayout
 from faceattr.store import values as v
 from faceattr.store.schema import (
@@ -94,6 +97,7 @@ class Store:
 
     # -- schema ---------------------------------------------------------------------------------
     def _alembic_config(self, connection: Connection | None = None):
+        # Alembic only when a store is opened: DAG files import this module at parse time, and open none.
         from alembic.config import Config
 
         config = Config()
@@ -103,7 +107,7 @@ class Store:
 
     def _pending_migrations(self) -> bool:
         _quiet_alembic()
-        from alembic.migration import MigrationContext
+        from alembic.migration import MigrationContext  # alembic: see _alembic_config
         from alembic.script import ScriptDirectory
 
         scripts = ScriptDirectory.from_config(self._alembic_config())
@@ -121,7 +125,7 @@ class Store:
     def upgrade(self) -> None:
         """`alembic upgrade head` on this database, in one transaction."""
         _quiet_alembic()
-        from alembic import command
+        from alembic import command  # alembic: see _alembic_config
 
         log.info("run store %s: bringing the schema to the latest migration", self.url)
         with _UPGRADE_LOCK, self.write() as conn:
@@ -146,10 +150,8 @@ class Store:
         """INSERT ... ON CONFLICT (keys) DO UPDATE SET only the `update` columns."""
         if not rows:
             return
-        if conn.dialect.name == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert
-        else:  # postgresql: _make_engine accepts nothing else
-            from sqlalchemy.dialects.postgresql import insert
+        # postgresql otherwise: _make_engine accepts nothing else
+        insert = sqlite.insert if conn.dialect.name == "sqlite" else postgresql.insert
         stmt = insert(table.__table__)
         update = list(update)
         if update:
@@ -283,7 +285,7 @@ class Store:
     # -- reads ----------------------------------------------------------------------------------
     @staticmethod
     def selected_model(run: dict[str, Any]) -> dict[str, Any] | None:
-        """The run's model (a row of run["models"], by selected_model's rule), or None."""
+        """The run's model (a row of run["models"], by faceattr.run.chosen.selected_model's rule), or None."""
         return selected_model(run["run_dir"], run["models"])
 
     def current_model(self) -> dict[str, Any] | None:
@@ -306,7 +308,7 @@ class Store:
                 models[row.run_id].append(_model_dict(row))
             result = [
                 {**_row_dict(run), "epochs": len(epochs[run.id]),
-                 **_best(_row_dict(run), models[run.id], epochs[run.id])}
+                 **best_so_far(_row_dict(run), models[run.id], epochs[run.id])}
                 for run in session.scalars(select(Run))
             ]
         never = datetime.min.replace(tzinfo=timezone.utc)
@@ -333,7 +335,7 @@ class Store:
             metrics.sort(key=lambda m: (split_order.get(m["split"], 9), m["epoch"],
                                         order.get(m["attribute"], len(order)), m["attribute"]))
             return {**_row_dict(run), "epochs": epochs, "models": models, "attribute_metrics": metrics,
-                    **_best(_row_dict(run), models, epochs)}
+                    **best_so_far(_row_dict(run), models, epochs)}
 
     def count(self, table: str) -> int:
         """Rows in one of the store's tables (for checks and tests)."""
@@ -429,51 +431,3 @@ def _metric_dict(metric: AttributeMetric) -> dict[str, Any]:
     values = _row_dict(metric)
     del values["run_id"]
     return values
-
-
-def selected_model(run_dir: str | os.PathLike | None, models: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The run's model among its model rows (one home of the rule: store, registry and UI use it):
-    the row of RUN/best.json's epoch when the folder is readable here; else the newest published
-    row; else the highest epoch (a later selection saw more epochs)."""
-    from faceattr.run.metrics import read_best
-
-    if not models:
-        return None
-    try:
-        best = read_best(run_dir) if run_dir else None
-    except (OSError, ValueError):
-        best = None
-    chosen = next((m for m in models if best is not None and m["epoch"] == best["epoch"]), None)
-    never = datetime.min.replace(tzinfo=timezone.utc)
-    return chosen or max(models, key=lambda m: (m.get("state") is not None, m.get("state_at") or never, m["epoch"]))
-
-
-def _best(run: dict[str, Any], models: list[dict[str, Any]], epochs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The selected model, else the best validated epoch so far, by faceattr.run.selection's rule."""
-    selected = model = selected_model(run["run_dir"], models)
-    if model is None:
-        validated = {e["epoch"]: e for e in epochs if e["val_mean_accuracy"] is not None}
-        if not validated:
-            return {"best_epoch": None, "val_mean_accuracy": None, "test_mean_accuracy": None, "model": None}
-        model = validated[_best_epoch_so_far(run, validated)]
-    test = model.get("test_mean_accuracy")
-    if test is None:
-        test = next((e["test_mean_accuracy"] for e in epochs if e["epoch"] == model["epoch"]), None)
-    return {"best_epoch": model["epoch"], "val_mean_accuracy": model["val_mean_accuracy"], "test_mean_accuracy": test,
-            "model": selected}
-
-
-def _best_epoch_so_far(run: dict[str, Any], validated: dict[int, dict[str, Any]]) -> int:
-    """A run in progress: its best validated epoch by the ranking figure its config uses."""
-    # Imported here: the selection module loads numpy, and DAG files import the store at parse time.
-    from faceattr.run.config import ConfigError, RunConfig
-    from faceattr.run.selection import best_epoch, ranking_measure, validation_scores
-
-    scores = {epoch: e["val_mean_accuracy"] for epoch, e in validated.items()}
-    try:
-        config = RunConfig.from_dict(run.get("config") or {}, source=f"run {run['id']} config")
-        if ranking_measure(config) != "mean_accuracy":  # only in the run folder's val metrics
-            scores = validation_scores(run["run_dir"], config, sorted(validated)) or scores
-    except (ConfigError, OSError, ValueError):
-        pass  # not readable here: rank by the stored mean accuracy
-    return best_epoch(scores)
