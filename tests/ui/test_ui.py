@@ -46,11 +46,11 @@ def made_run(tmp_path, monkeypatch):
         summary = summarise(*_evaluation(rng, 30, 0.8), 0.0, majority)
         metrics.write_epoch_metrics(run_dir, "val", epoch, {**summary, "mean_accuracy": VAL[epoch], "seconds": 2.0})
     metrics.write_best(run_dir, {"epoch": 2, "val_mean_accuracy": VAL[2], "val_by_epoch": {str(k): v for k, v in VAL.items()}})
+    _model_file(run_dir)  # before the test metrics, which record its sha256
     scores, labels = _evaluation(rng, 200, 0.85)
     metrics.write_epoch_metrics(run_dir, "test", 2, summarise(scores, labels, 0.0, majority))
     np.savez(RunLayout(run_dir).scores("test", 2), scores=scores, labels=labels, thresholds=np.zeros(len(ATTRIBUTES)))
     layout = RunLayout(run_dir)
-    layout.model.write_bytes(b"model bytes")
     layout.report.mkdir()
     (layout.report / "index.html").write_text("<html>report</html>")
     layout.private_predictions.write_text("image_id\n")
@@ -59,6 +59,20 @@ def made_run(tmp_path, monkeypatch):
         store.sync_run_dir("manual__ui", run_dir, status="success", dag_run_id="manual__ui")
         registry.publish(store, run_dir, actor="test")  # the first published model: the champion
         yield {"store": store, "run_dir": run_dir, "scores": scores, "labels": labels, "outside": tmp_path / "secret"}
+
+
+def _model_file(run_dir):
+    """A model.pt as far as publish reads it (run, arch, epoch, digest), and the test metrics measured on it."""
+    import torch
+
+    from faceattr.checkpoint import save_checkpoint
+
+    save_checkpoint({"state_dict": {"w": torch.zeros(1)}, "arch": "resnet18", "epoch": 2, "run": run_dir.name},
+                    RunLayout(run_dir).model)
+    if RunLayout(run_dir).metrics("test", 2).is_file():
+        tested = metrics.read_epoch_metrics(run_dir, "test", 2)
+        tested.pop("model_sha256", None)
+        metrics.write_epoch_metrics(run_dir, "test", 2, tested)
 
 
 def test_run_view_shows_the_run_folder_figures(made_run):
@@ -248,6 +262,7 @@ def test_comparability_with_the_current_model_is_the_registrys_rule(made_run):
     store = made_run["store"]
     other = made_run["run_dir"].parent / "manual__other"
     shutil.copytree(made_run["run_dir"], other)
+    _model_file(other)  # its own model file, as select would export it
     store.sync_run_dir("manual__other", other, status="success", dag_run_id="manual__other")
     registry.publish(store, other, actor="test")
     view = data.run_view(store, "manual__other")
