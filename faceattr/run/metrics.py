@@ -83,9 +83,14 @@ def read_test_metrics(run_dir: str | Path, epoch: int) -> dict[str, Any]:
     """RUN/metrics/test_epoch_K.json, refused (ChecksumError) unless it matches the digest written with it."""
     path = RunLayout(run_dir).metrics("test", check_epoch(epoch))
     data = read_epoch_metrics(run_dir, "test", epoch)
-    if not verify_digest(path):
+    again = f"run 'faceattr evaluate --run {run_dir} --epoch best --split test' again"
+    try:
+        verified = verify_digest(path)
+    except ChecksumError as exc:
+        raise ChecksumError(f"{str(exc).split('; the file was')[0]}: it changed after test wrote it; {again}") from None
+    if not verified:
         raise ChecksumError(f"{path}: has no {digest_path(path).name} (written before test metrics carried one, or "
-                            f"by hand); run 'faceattr evaluate --run {run_dir} --epoch best --split test' again")
+                            f"by hand); {again}")
     return data
 
 
