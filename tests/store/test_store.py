@@ -23,7 +23,7 @@ from faceattr.store.schema import VERSION_TABLE
 from faceattr.store.store import RunNotFoundError, Store, StoreError
 from faceattr.views import format_run, format_runs
 from faceattr.run import metrics
-from model_files import write_model_file
+from published_runs import write_model_file
 
 TABLES = {"runs", "epochs", "attribute_metrics", "models", "scoring_jobs", "model_events"}
 
