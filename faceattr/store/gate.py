@@ -108,6 +108,11 @@ def compare(model: dict, model_dir: Path, champion: dict, champion_dir: str | No
         return "challenger", (f"{not_compared}, and only {len(shared)} of this run's test images are unseen by the "
                               f"champion (gate_min_images {min_images})"), \
             {"rule": SHARED_RULE, "images": len(shared), "min_images": min_images, "difference": difference}
+    recorded = champion.get("sha256")
+    if recorded is not None and (not Path(champion["path"]).is_file() or sha256_of(champion["path"]) != recorded):
+        return "challenger", (f"{not_compared}; the champion's model {champion['path']} is missing or changed since "
+                              f"it was published: re-run select and test for run {who}"), \
+            {"rule": "not compared: the champion's model file changed", "difference": difference}
     new = float(rescore(Path(model["path"]), model_dir, shared))
     old = float(rescore(Path(champion["path"]), model_dir, shared))
     comparison = {"rule": SHARED_RULE, "images": len(shared), "challenger": new, "champion": old,

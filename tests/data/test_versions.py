@@ -76,3 +76,20 @@ def test_prune_lists_then_removes_only_unused_versions(synth_source, tmp_path):
     versions.prune(root, used=[], apply=True)
     with pytest.raises(FileNotFoundError, match=f"data version {v1} of run old-run .* was it pruned"):
         versions.run_dataset_dir(tmp_path / "old-run", root)
+
+
+def test_the_cli_makes_next_weeks_data_and_prunes_only_with_yes(synth_source, tmp_path, monkeypatch, capsys):
+    from faceattr.cli import main
+
+    monkeypatch.setenv("FACEATTR_DB_URL", f"sqlite:///{tmp_path / 'store.db'}")
+    root = tmp_path / "root"
+    assert main(["synth", "--out", str(tmp_path / "week2"), "--base", str(synth_source), "--n", "8", "--seed", "1",
+                 "--corrupt", "shuffle"]) == 0
+    assert len(read_attributes(tmp_path / "week2" / "list_attr_celeba.txt")) == 128
+    v1 = acquire(str(synth_source), root)["version"]
+    v2 = acquire(str(tmp_path / "week2"), root)["version"]
+    capsys.readouterr()
+    assert main(["data", "prune", "--root", str(root)]) == 0
+    assert f"current version {v2}" in capsys.readouterr().out and versions.all_versions(root) == sorted([v1, v2])
+    assert main(["data", "prune", "--root", str(root), "--yes"]) == 0
+    assert f"removed: {v1}" in capsys.readouterr().out and versions.all_versions(root) == [v2]

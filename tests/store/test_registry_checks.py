@@ -143,3 +143,15 @@ def test_promote_and_rollback_record_that_nothing_was_compared(store, tmp_path):
     assert registry.history(store, 1)[0]["comparison"] == {"rule": "changed by hand: no comparison was made"}
     registry.rollback(store, actor="me")
     assert registry.history(store, 1)[0]["comparison"] == {"rule": "changed by hand: no comparison was made"}
+
+
+def test_a_champion_changed_since_publishing_is_not_rescored(store, tmp_path):
+    root = _data_root(tmp_path)
+    champ = _tested_run(tmp_path, "champ", 0.80, root=root)
+    registry.publish(store, champ, actor="t")
+    write_model_file(champ, "champ", fill=3.0)
+    calls: list = []
+    held = registry.publish(store, _new_data_run(tmp_path, "new", 0.9, ("5.jpg", "6.jpg")), actor="t", min_images=1,
+                            rescore=_rescore({}, calls))
+    assert held["state"] == "challenger" and calls == []
+    assert "is missing or changed since it was published: re-run select and test for run champ" in held["reason"]
