@@ -24,6 +24,11 @@ report → publish_model → score_private (and publish_model → announce_champ
   (`faceattr models` lists them, and why); `announce_champion` emits the `faceattr/model` asset
   event on a promotion only.
 * Paths in the form must lie under `FACEATTR_DATA_ROOTS`.
+* Schedule: `FACEATTR_TRAIN_SCHEDULE` (e.g. `@weekly`), and with `FACEATTR_TRAIN_ON_DATA=1` also the
+  `faceattr/data` asset (a new data version from faceattr_data): either one starts a run.
+* A run reads the data version it was split from (RUN/data_version.json), whatever is downloaded
+  later. When the champion was tested on other data, `publish_model` scores both models on this
+  run's test images the champion never trained or validated on (at least `gate_min_images`).
 
 All logic is in `faceattr.orchestration` (params: the form; tasks: the task bodies; scoring);
 this file is the table of contents.
@@ -32,7 +37,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from airflow.sdk import DAG, Asset, Param, TaskGroup, TriggerRule, task
+from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, TaskGroup, TriggerRule, task
 
 from faceattr import settings
 from faceattr.orchestration import params as forms, scoring, tasks as orchestrate
@@ -41,6 +46,17 @@ MAX_EPOCHS = settings.max_epochs()
 GPU = {"pool": settings.gpu_pool(), "queue": settings.gpu_queue()}
 MODEL_ASSET = Asset(orchestrate.MODEL_ASSET_NAME)
 EPOCH_GROUPS = orchestrate.epoch_group_ids(MAX_EPOCHS)
+DATA_ASSET = Asset(orchestrate.DATA_ASSET_NAME)
+
+
+def train_schedule():
+    """FACEATTR_TRAIN_SCHEDULE's times; with FACEATTR_TRAIN_ON_DATA, also each new data version."""
+    times = settings.train_schedule()
+    if not settings.train_on_data():
+        return times
+    if times is None:
+        return [DATA_ASSET]
+    return AssetOrTimeSchedule(timetable=CronTriggerTimetable(times, timezone="UTC"), assets=[DATA_ASSET])
 
 
 @task(
@@ -99,9 +115,11 @@ def report(params=None, run_id=None):
     return orchestrate.report(params, run_id)
 
 
-@task(doc_md="Records the run in the store's model registry and lets it through the gate: it becomes the champion "
-             "if it is the first model, beats the champion's test accuracy on the same evaluation set (param "
-             "`promote_min_gain`), or the run has `promote: force`; otherwise it stays a challenger, with the reason.")
+@task(doc_md="Checks model.pt is this run's tested model, records the run in the store's model registry and lets it "
+             "through the gate: it becomes the champion if it is the first model, beats the champion's test accuracy "
+             "on the same evaluation set, or, on other data, beats the champion on this run's test images the "
+             "champion never saw (params `promote_min_gain`, `gate_min_images`), or the run has `promote: force`; "
+             "otherwise it stays a challenger, with the reason and what was compared.")
 def publish_model(params=None, run_id=None):
     return orchestrate.publish(params, run_id)
 
@@ -126,7 +144,7 @@ def _record_failure(context):
 with DAG(
     dag_id="faceattr_train",
     description="Train, select and publish the CelebA 40-attribute classifier",
-    schedule=settings.train_schedule(),
+    schedule=train_schedule(),
     start_date=datetime(2024, 1, 1, tzinfo=timezone.utc),
     catchup=False,
     params={name: Param(**spec) for name, spec in forms.train_params().items()},

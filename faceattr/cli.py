@@ -83,7 +83,8 @@ def cmd_synth(args: argparse.Namespace) -> Any:
 
     _in_range("--n", args.n, 1, 10**7)
     _in_range("--seed", args.seed, 0, 2**32 - 1)
-    return generate(Path(args.out), n=args.n, seed=args.seed)
+    return generate(Path(args.out), n=args.n, seed=args.seed, base=Path(args.base) if args.base else None,
+                    corrupt=args.corrupt)
 
 
 def cmd_download(args: argparse.Namespace) -> Any:
@@ -199,13 +200,29 @@ def cmd_models(args: argparse.Namespace) -> Any:
     actor = f"{getpass.getuser()} (faceattr models {args.models_command or 'list'})"
     with Store.from_env(create=args.models_command is not None) as store:  # listing never creates a store
         if args.models_command == "publish":
-            return registry.publish(store, Path(args.run), min_gain=args.min_gain, force=args.force, actor=actor)
+            from faceattr.engine.rescore import mean_accuracy_on  # torch: not for `faceattr --help`
+
+            return registry.publish(store, Path(args.run), min_gain=args.min_gain, force=args.force, actor=actor,
+                                    rescore=mean_accuracy_on, min_images=args.gate_min_images)
         if args.models_command == "promote":
             print(registry.promote(store, args.run_id, actor=actor)["message"])
         elif args.models_command == "rollback":
             print(registry.rollback(store, actor=actor)["message"])
         else:
             print(format_models(store))
+    return None
+
+
+def cmd_data(args: argparse.Namespace) -> Any:
+    from faceattr.data.versions import prune
+    from faceattr.store.store import Store
+
+    with Store.from_env(create=False) as store:  # pruning reads which versions runs use; it records nothing
+        used = store.data_versions_in_use()
+    result = prune(Path(args.root), used, apply=args.yes)
+    verb = "removed" if args.yes else "would remove (add --yes to remove them)"
+    print(f"{args.root}: current version {result['current']}; kept (used by runs in the store) "
+          f"{', '.join(result['kept']) or 'none'}; {verb}: {', '.join(result['unused']) or 'nothing'}")
     return None
 
 
@@ -265,10 +282,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--n", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--base", default=None, help="a synthetic dataset to extend: its images first, then --n new ones "
+                   "of new identities (next week's data)")
+    p.add_argument("--corrupt", choices=("flip", "shuffle"), default=None,
+                   help="corrupt the new images' labels: flip every one, or shuffle them between the new images")
 
     p = command("download", cmd_download, "fetch, verify and extract CelebA into ROOT/celeba")
     p.add_argument("--source", required=True, help="a local folder, an http(s) mirror URL, or 'gdrive'")
     p.add_argument("--root", required=True)
+
+    p = command("data", cmd_data, "data versions: 'data prune --root ROOT' lists (--yes: removes) those no run uses")
+    data_sub = p.add_subparsers(dest="data_command", metavar="{prune}", required=True)
+    prune = data_sub.add_parser("prune", help="list the data versions no run in the store uses; --yes removes them")
+    prune.add_argument("--root", required=True)
+    prune.add_argument("--yes", action="store_true", help="remove them (without it: only list them)")
 
     p = command("split", cmd_split, "split the dataset into train/val/test and start a run folder")
     p.add_argument("--root", required=True)
@@ -325,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--min-gain", type=float, default=0.0,
                          help="test mean accuracy it must gain over the champion (default 0: any gain)")
     publish.add_argument("--force", action="store_true", help="promote whatever the comparison says")
+    publish.add_argument("--gate-min-images", type=int, default=200,
+                         help="with a champion tested on other data: the least number of this run's test images "
+                         "the champion never saw, to compare both on (default 200)")
     promote = models_sub.add_parser("promote", help="make RUN's model the champion by hand (does not re-score "
                                     "the standing set: trigger faceattr_score after)")
     promote.add_argument("run_id", metavar="RUN", help="a run id in the run store")

@@ -4,8 +4,8 @@ Each function reads its variable when called (tests and DAG re-parses change the
 a wrong value raises ValueError naming the variable. The bottom layer of the package: it imports
 nothing from faceattr, so any module may ask it.
 
-Read when a DAG file is parsed: HOME, MAX_EPOCHS, GPU_POOL, GPU_QUEUE, TRAIN_SCHEDULE, SOURCE,
-STANDING_SET. Read by the worker that runs a task: HOME, DATA_ROOTS, DB_URL, ARTIFACTS, WORLD_SIZE.
+Read when a DAG file is parsed: HOME, MAX_EPOCHS, GPU_POOL, GPU_QUEUE, TRAIN_SCHEDULE, TRAIN_ON_DATA,
+DATA_SCHEDULE, SOURCE, STANDING_SET. Read by the worker that runs a task: HOME, DATA_ROOTS, DB_URL, ARTIFACTS, WORLD_SIZE.
 """
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ MAX_EPOCHS = "FACEATTR_MAX_EPOCHS"
 GPU_POOL = "FACEATTR_GPU_POOL"
 GPU_QUEUE = "FACEATTR_GPU_QUEUE"
 TRAIN_SCHEDULE = "FACEATTR_TRAIN_SCHEDULE"
+TRAIN_ON_DATA = "FACEATTR_TRAIN_ON_DATA"
+DATA_SCHEDULE = "FACEATTR_DATA_SCHEDULE"
 SOURCE = "FACEATTR_SOURCE"
 STANDING_SET = "FACEATTR_STANDING_SET"
 
@@ -90,6 +92,22 @@ def train_schedule() -> str | None:
     """FACEATTR_TRAIN_SCHEDULE: faceattr_train's schedule, e.g. @weekly; None ("" or "none"):
     triggered by hand."""
     value = _get(TRAIN_SCHEDULE)
+    return None if value.lower() in ("", "none") else value
+
+
+def train_on_data() -> bool:
+    """FACEATTR_TRAIN_ON_DATA: 1/true/yes: faceattr_train also runs when a new data version lands
+    (the faceattr/data asset), besides FACEATTR_TRAIN_SCHEDULE's times; default off."""
+    value = _get(TRAIN_ON_DATA).lower()
+    if value not in ("", "0", "1", "true", "false", "yes", "no"):
+        raise ValueError(f"{TRAIN_ON_DATA}: {value!r} is not one of 1, 0, true, false, yes, no")
+    return value in ("1", "true", "yes")
+
+
+def data_schedule() -> str | None:
+    """FACEATTR_DATA_SCHEDULE: how often faceattr_data checks the source for new data, e.g. @daily;
+    None ("" or "none"): checked when triggered."""
+    value = _get(DATA_SCHEDULE)
     return None if value.lower() in ("", "none") else value
 
 

@@ -40,7 +40,7 @@ cat <<EOF
 Airflow UI:      http://$AIRFLOW__API__HOST:$AIRFLOW__API__PORT   (user: admin)
 Admin password:  $AIRFLOW_HOME/simple_auth_manager_passwords.json.generated (written on first start)
 faceattr pages:  http://$AIRFLOW__API__HOST:$AIRFLOW__API__PORT/plugin/faceattr (and a run's "Training report" tab)
-DAGs:            $AIRFLOW__CORE__DAGS_FOLDER (faceattr_train, faceattr_score); pool 'gpu', 1 slot
+DAGs:            $AIRFLOW__CORE__DAGS_FOLDER (faceattr_train, faceattr_score, faceattr_data); pool 'gpu', 1 slot
 Data:            FACEATTR_HOME=$FACEATTR_HOME  FACEATTR_DATA_ROOTS=$FACEATTR_DATA_ROOTS
 Run store:       $FACEATTR_DB_URL
 Stop:            Ctrl-C, or kill -INT \$(cat $PIDFILE) (also when started in the background)

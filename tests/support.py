@@ -79,3 +79,19 @@ def postgres_database(prefix: str = "faceattr_test", driver: str = "postgresql+p
     finally:
         drop_database(admin, name)
         admin.dispose()
+
+
+def published_model_file(run_dir: Path) -> None:
+    """A model.pt as far as publish reads it (run, arch, epoch, digest), and the test metrics measured on it."""
+    import torch  # support is imported by every test module: torch only for the tests that publish
+
+    from faceattr.checkpoint import save_checkpoint
+    from faceattr.run import metrics
+    from faceattr.run.layout import RunLayout
+
+    save_checkpoint({"state_dict": {"w": torch.zeros(1)}, "arch": "resnet18", "epoch": 2, "run": run_dir.name},
+                    RunLayout(run_dir).model)
+    if RunLayout(run_dir).metrics("test", 2).is_file():
+        tested = metrics.read_epoch_metrics(run_dir, "test", 2)
+        tested.pop("model_sha256", None)
+        metrics.write_epoch_metrics(run_dir, "test", 2, tested)

@@ -46,8 +46,9 @@ from torch.utils.data import DataLoader
 
 from faceattr.attributes import SPLITS
 from faceattr.data.images import IMAGE_SIZE, open_image
-from faceattr.data.layout import images_dir
+from faceattr.data.layout import IMAGES_DIR
 from faceattr.data.split import read_split
+from faceattr.data.versions import run_dataset_dir
 from faceattr.data.transforms import ResizeIfNeeded
 from faceattr.fsutil import atomic_path, read_json, write_json
 from faceattr.run.config import RunConfig
@@ -230,7 +231,8 @@ def build_split_cache(
     index_path.unlink(missing_ok=True)
     index = _expected_index(split, image_ids, root)
     log.info("cache %s: decoding %d images with %d worker(s) into %s", split, len(image_ids), num_workers, npy)
-    chunks = decoded_chunks(images_dir(root), image_ids, num_workers=num_workers, chunk_images=chunk_images)
+    images = run_dataset_dir(run_dir, root) / IMAGES_DIR  # the run's data version
+    chunks = decoded_chunks(images, image_ids, num_workers=num_workers, chunk_images=chunk_images)
     index["npy_bytes"] = write_npy_chunks(npy, index["shape"], chunks)
     index["image_ids"] = list(image_ids)
     write_json(index_path, index)

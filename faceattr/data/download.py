@@ -2,7 +2,8 @@
 
     ROOT/celeba/img_align_celeba/NNNNNN.jpg
     ROOT/celeba/list_attr_celeba.txt, list_eval_partition.txt, identity_CelebA.txt
-    ROOT/celeba/manifest.json      what was verified; written last
+    ROOT/celeba/manifest.json      what was verified, with its data version; written last
+    ROOT/celeba/versions/<id>/     every verified version, hard links (faceattr.data.versions)
 
 Every file is fetched into a staging folder beside the data, verified, and only then renamed
 into place; the images are extracted into the staging folder and the finished folder renamed.
@@ -12,12 +13,14 @@ interrupted run leaves nothing a later run would trust.
 Verification: the full official files (the attribute file's count line says 202,599) must match
 the official md5s. Any other source gets a manifest of counts and sha256s, checked on re-run.
 A re-run trusts files whose size and mtime are unchanged, so it never re-hashes 1.4 GB.
+New data (images added, removed or replaced, labels edited) becomes a new data version: the new
+images are hashed, those unchanged since the previous version hard-linked to it, and the version's
+folder is made before the manifest names it. The result says what changed.
 Where the files come from (folder, mirror, Google Drive) is faceattr.data.sources.
 """
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import logging
 import os
@@ -35,14 +38,14 @@ from faceattr.fsutil import raise_if_full, read_json, write_json
 from faceattr.progress import Progress
 from faceattr.data.labels import OFFICIAL_COUNT, read_attributes, read_identity, read_partition
 from faceattr.data.layout import ATTR_FILE, IDENTITY_FILE, IMAGES_DIR, IMAGES_ZIP, PARTITION_FILE, celeba_dir
-from faceattr.data import sources
+from faceattr.data import sources, versions
 from faceattr.data.sources import CHUNK, LOG_EVERY_S, WORKAROUND, DownloadError
 
 log = logging.getLogger(__name__)
 
 LABEL_FILES = (ATTR_FILE, PARTITION_FILE, IDENTITY_FILE)
 OPTIONAL_FILES = frozenset({IDENTITY_FILE})
-MANIFEST_FILE = "manifest.json"
+MANIFEST_FILE = versions.MANIFEST_FILE
 MANIFEST_VERSION = 1
 
 OFFICIAL_MD5 = {
@@ -60,28 +63,30 @@ def acquire(source: str, root: Path) -> dict[str, Any]:
     `source`: a folder holding the official files (img_align_celeba.zip or an extracted
     img_align_celeba/, list_attr_celeba.txt, list_eval_partition.txt, optional identity_CelebA.txt),
     an http(s) base URL serving them, or "gdrive". Returns status "downloaded" or "up-to-date",
-    the counts and the paths.
+    the counts, the paths, the data version, the previous one and what changed.
     """
     started = time.monotonic()
     source_id = sources.canonical(source)
     dest = celeba_dir(root)
     dest.mkdir(parents=True, exist_ok=True)
-    with _locked(dest):
+    with versions.locked(root):
         manifest = _trusted_manifest(dest, source_id)
         if manifest is not None:
             log.info("%s: verified data from %s is present; nothing to do", dest, source_id)
             return _result("up-to-date", dest, manifest, started)
+        previous = versions.current_version(root)
         # From here on the old data is not trusted: drop its manifest first.
         (dest / MANIFEST_FILE).unlink(missing_ok=True)
         _remove_leftovers(dest)
         with _staging(dest) as staging:
-            manifest = _fetch_and_verify(source_id, dest, staging)
-        log.info("%s: %d images ready (%s)", dest, manifest["counts"]["images"], _elapsed(started))
+            manifest = _fetch_and_verify(source_id, dest, staging, previous)
+        log.info("%s: %d images ready, data version %s (%s)", dest, manifest["counts"]["images"],
+                 manifest["data_version"], _elapsed(started))
         return _result("downloaded", dest, manifest, started)
 
 
 # -- the work -----------------------------------------------------------------------------------
-def _fetch_and_verify(source_id: str, dest: Path, staging: Path) -> dict[str, Any]:
+def _fetch_and_verify(source_id: str, dest: Path, staging: Path, previous: str | None) -> dict[str, Any]:
     local = Path(source_id) if sources.is_local(source_id) else None
     labels: dict[str, Path] = {}
     for name in LABEL_FILES:
@@ -102,6 +107,12 @@ def _fetch_and_verify(source_id: str, dest: Path, staging: Path) -> dict[str, An
 
     in_place = local is not None and local == dest.resolve() and (dest / IMAGES_DIR).is_dir()
     archive, images = _stage_images(source_id, dest, staging, image_names, official, in_place)
+    root = dest.parent
+    old_folder = versions.version_dir(root, previous) if previous else None
+    old_hashes = versions.read_image_hashes(old_folder) if old_folder else {}
+    image_hashes = versions.hash_images(images if images is not None else dest / IMAGES_DIR)
+    if images is not None and old_folder is not None:
+        versions.link_unchanged(images, old_folder, image_hashes, old_hashes)
 
     # Install: label files, the downloaded zip, then swap in the images folder.
     for name in LABEL_FILES:
@@ -119,6 +130,13 @@ def _fetch_and_verify(source_id: str, dest: Path, staging: Path) -> dict[str, An
 
     counts["images"] = _count_files(dest / IMAGES_DIR)
     files = {name: {**_stat(dest / name), **hashes[name]} for name in labels}
+    label_sha256 = {name: hashes[name]["sha256"] for name in labels}
+    version = versions.version_id(label_sha256, hashlib.sha256(versions.image_manifest(image_hashes).encode()).hexdigest())
+    old_labels = read_json(old_folder / versions.VERSION_FILE).get("labels", {}) if old_folder else {}
+    changed = versions.changes(image_hashes, old_hashes, label_sha256, old_labels)
+    versions.snapshot(root, version, list(labels), image_hashes,
+                      {"labels": label_sha256, "counts": counts, "source": source_id, "previous_version": previous,
+                       "changes": changed})
     manifest = {
         "version": MANIFEST_VERSION,
         "source": source_id,
@@ -129,6 +147,9 @@ def _fetch_and_verify(source_id: str, dest: Path, staging: Path) -> dict[str, An
         # A local source is checked for changes on re-run (size and mtime: cheap).
         "source_stats": _source_stats(local) if local is not None and not in_place else {},
         "verified_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "data_version": version,
+        "previous_version": previous,
+        "changes": changed,
     }
     write_json(dest / MANIFEST_FILE, manifest)
     return manifest
@@ -358,17 +379,6 @@ def _errors_named(labels: dict[str, Path], source_id: str) -> Iterator[None]:
 
 # -- housekeeping -------------------------------------------------------------------------------
 @contextlib.contextmanager
-def _locked(dest: Path) -> Iterator[None]:
-    """One acquire per dataset folder at a time (two Airflow tasks may start together)."""
-    with open(dest / ".download.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
 def _staging(dest: Path) -> Iterator[Path]:
     """A temporary folder beside the data (same file system, so renames are atomic)."""
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=dest))
@@ -395,6 +405,9 @@ def _result(status: str, dest: Path, manifest: dict[str, Any], started: float) -
         "root": str(dest.parent),
         "official": manifest["official"],
         "counts": manifest["counts"],
+        "version": manifest.get("data_version"),
+        "previous_version": manifest.get("previous_version"),
+        "changes": manifest.get("changes"),
         "paths": paths,
         "seconds": round(time.monotonic() - started, 3),
     }

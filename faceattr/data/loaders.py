@@ -16,8 +16,9 @@ from faceattr.attributes import ATTRIBUTES, SPLITS
 from faceattr.data.cache import CacheError, ensure_split_cache, open_cache, upload
 from faceattr.data.images import open_image
 from faceattr.data.labels import read_attributes
-from faceattr.data.layout import ATTR_FILE, celeba_dir, images_dir
+from faceattr.data.layout import ATTR_FILE, IMAGES_DIR
 from faceattr.data.split import read_split
+from faceattr.data.versions import run_dataset_dir
 from faceattr.data.transforms import augment_batch, augment_params, eval_transform, normalise_batch, train_transform
 from faceattr.run.config import ConfigError, RunConfig
 from faceattr.run.layout import RunLayout
@@ -68,7 +69,7 @@ def load_split_frame(run_dir: str | Path, *, root: str | Path | None = None):
     if root is None:
         root = RunConfig.load(run_dir).root
     split = read_split(run_dir)
-    attr_path = celeba_dir(root) / ATTR_FILE
+    attr_path = run_dataset_dir(run_dir, root) / ATTR_FILE  # the run's data version
     attributes = read_attributes(attr_path)
     missing = split.index.difference(attributes.index)
     if len(missing):
@@ -111,7 +112,7 @@ def make_loader(
         return make_cached_loader(run_dir, config, split, rows, train=train, device=device,
                                   batch_size=batch_size, epoch=epoch, array=array)
     dataset = CelebAImages(
-        images_dir(config.root),
+        run_dataset_dir(run_dir, config.root) / IMAGES_DIR,  # the run's data version
         rows.index.tolist(),
         rows[list(ATTRIBUTES)].to_numpy(dtype=np.int8),
         train_transform() if train else eval_transform(),

@@ -7,7 +7,8 @@ Strategies:
 
 The label file defines the set of images (download has checked every one is on disk). split.csv
 has the header `image_id,split` and one row per image sorted by image_id, so the same inputs and
-seed give the same bytes.
+seed give the same bytes. The split is made from the current data version (or the one the run
+already records) and RUN/data_version.json names it: the run reads that version from then on.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from faceattr.attributes import SPLITS
 from faceattr.fsutil import write_text
 from faceattr.data.labels import read_attributes, read_identity, read_partition
+from faceattr.data import versions
 from faceattr.data.layout import ATTR_FILE, IDENTITY_FILE, PARTITION_FILE, celeba_dir
 from faceattr.run.layout import RunLayout
 
@@ -33,12 +35,21 @@ class SplitError(ValueError):
 
 
 def make_split(root: Path, strategy: str, seed: int, run_dir: Path) -> dict[str, Any]:
-    """Split the images of `root` with `strategy` and write `run_dir`/split.csv atomically."""
-    import pandas as pd
-
+    """Split the images of `root`'s data version with `strategy`; write `run_dir`/split.csv and
+    data_version.json atomically (a run that records a version keeps it)."""
     if strategy not in STRATEGIES:
         raise SplitError(f"strategy: {strategy!r} is not one of {', '.join(STRATEGIES)}")
-    folder = celeba_dir(root)
+    with versions.locked(root, shared=True):  # not while a download swaps the current version
+        version = versions.run_version(run_dir) or versions.current_version(root)
+        folder = versions.version_dir(root, version) if version else celeba_dir(root)
+        result = _split_folder(folder, root, strategy, seed, run_dir)
+        versions.record_run_version(run_dir, root, version)
+    return {**result, "data_version": version}
+
+
+def _split_folder(folder: Path, root: Path, strategy: str, seed: int, run_dir: Path) -> dict[str, Any]:
+    import pandas as pd
+
     attr_path = folder / ATTR_FILE
     if not attr_path.is_file():
         raise FileNotFoundError(f"{attr_path}: not found; run 'faceattr download --source SRC --root {root}' first")

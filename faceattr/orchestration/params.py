@@ -1,7 +1,7 @@
 """The trigger forms of the DAGs: faceattr_train's Params from RunConfig's schema, faceattr_score's.
 
-Imported when the DAG files are parsed: light on purpose (no torch; the store only to list the
-published models in the scoring form).
+Imported when the DAG files are parsed: light on purpose (no torch or pandas; the registry,
+which imports SQLAlchemy, to list the published models in the scoring form).
 """
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from typing import Any, Mapping
 
 from faceattr import settings
 from faceattr.run.config import KNOWN_ARCHS, ConfigError, RunConfig
+from faceattr.store.gate import GATE_MIN_IMAGES
+from faceattr.store.registry import published_run_ids
 
 # The form's sections, in order. A field RunConfig adds must be placed here (train_params checks).
 SECTIONS = {
@@ -18,10 +20,10 @@ SECTIONS = {
                  "pos_weight", "tune_thresholds", "recalibrate_bn"),
     "Execution": ("device", "num_workers", "data_path", "compile"),
     "Outputs": ("output", "private_images"),
-    "Publishing": ("promote", "promote_min_gain"),
+    "Publishing": ("promote", "promote_min_gain", "gate_min_images"),
 }
 # Used where RunConfig's schema carries no "description" of its own; the form-only fields (source,
-# output, private_images, promote, promote_min_gain) are not RunConfig's and always take theirs from here.
+# output, private_images, promote, promote_min_gain, gate_min_images) are not RunConfig's and always take theirs from here.
 DESCRIPTIONS = {
     "source": "Where to fetch CelebA from: a local folder in the official layout, an http(s) mirror, or 'gdrive'. "
               "Empty: use the dataset already in the root.",
@@ -56,6 +58,9 @@ DESCRIPTIONS = {
     "promote": "auto: the model becomes champion (what scoring uses) only if its test mean accuracy beats the "
                "champion's on the same evaluation set (split, seed, data, test images); force: it becomes champion anyway.",
     "promote_min_gain": "With promote auto: the least gain in test mean accuracy over the champion (0: any gain).",
+    "gate_min_images": "When the champion was tested on other data: both models are scored again on this run's test "
+                       "images the champion never trained or validated on; with fewer such images than this, no "
+                       "comparison is made and the run stays a challenger.",
 }
 
 
@@ -71,7 +76,7 @@ def train_params() -> dict[str, dict[str, Any]]:
     home = settings.home()
     defaults.update(root=str(home), epochs=min(defaults["epochs"], limit),
                     source=settings.source(), output=str(home / "runs"), private_images=None,
-                    promote="auto", promote_min_gain=0.0)
+                    promote="auto", promote_min_gain=0.0, gate_min_images=GATE_MIN_IMAGES)
     schema["epochs"] = {**schema["epochs"], "maximum": limit}
     schema["arch"] = {**schema["arch"], "enum": list(KNOWN_ARCHS)}
     schema["source"] = {"type": ["string", "null"]}
@@ -79,6 +84,7 @@ def train_params() -> dict[str, dict[str, Any]]:
     schema["private_images"] = {"type": ["string", "null"]}
     schema["promote"] = {"type": "string", "enum": ["auto", "force"]}
     schema["promote_min_gain"] = {"type": "number", "minimum": 0, "maximum": 1}
+    schema["gate_min_images"] = {"type": "integer", "minimum": 1}
     params = {}
     for section, names in SECTIONS.items():
         for name in names:
@@ -93,6 +99,13 @@ def train_params() -> dict[str, dict[str, Any]]:
     if missing:  # a field added to RunConfig must get a place in the form
         raise RuntimeError(f"RunConfig field(s) {sorted(missing)} have no section in the faceattr_train form")
     return params
+
+
+def data_params() -> dict[str, dict[str, Any]]:
+    """faceattr_data's params: the source to check and the root it goes into (faceattr_train's defaults)."""
+    train = train_params()
+    return {name: {key: value for key, value in train[name].items() if key != "section"}
+            for name in ("source", "root")}
 
 
 def score_params() -> dict[str, dict[str, Any]]:
@@ -128,8 +141,6 @@ def score_params() -> dict[str, dict[str, Any]]:
 def model_choices() -> list[str]:
     """What the scoring form offers for `model`: champion, then each published run (read-only from
     the run store when the DAG is parsed; nothing but champion when it cannot be read)."""
-    from faceattr.store.registry import published_run_ids
-
     return ["champion", *published_run_ids()]
 
 

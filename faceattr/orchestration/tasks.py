@@ -3,7 +3,7 @@
 The DAG files stay a table of contents; the logic lives here, importable and testable without a
 scheduler. This module is imported when the DAG files are parsed, so it must stay light: torch,
 torchvision, pandas and sklearn are imported inside the functions that need them (through the
-library modules), never at the top. Settings come from faceattr.settings.
+library modules), never at the top; each such import says so. Settings come from faceattr.settings.
 
 Every task that touches the run folder does it through `with run_folder(params, run_id) as run:`,
 which pulls the folder from the object store (FACEATTR_ARTIFACTS) on entry and, when the body
@@ -25,15 +25,24 @@ from faceattr import settings
 from faceattr.run.config import ConfigError, RunConfig, save_or_check
 from faceattr.run.lock import run_lock
 from faceattr.data.access import AccessError, check_path
+from faceattr.data.download import acquire
+from faceattr.data.split import make_split
 from faceattr.data.layout import ATTR_FILE, celeba_dir, images_dir
 from faceattr.orchestration.params import check_conf, train_params
 from faceattr.run import artifacts, metrics
+from faceattr.engine.evaluate import evaluate_epoch
+from faceattr.engine.selection import select_best
 from faceattr.run.layout import RunLayout, sanitize_run_id
+from faceattr.run.report import write_report
+from faceattr.run.selection import ranking_measure, rule_text, stop_reason, validation_scores
 from faceattr.run.timing import duration, epoch_seconds, now, run_eta
+from faceattr.store import registry
+from faceattr.store.store import RunNotFoundError, Store
 
 log = logging.getLogger(__name__)
 
 MODEL_ASSET_NAME = "faceattr/model"
+DATA_ASSET_NAME = "faceattr/data"  # a new data version landed (faceattr_data's announce_data)
 DIGITS = 4  # XCom and asset-event figures: 0.7956, not 0.7956249999999999
 
 
@@ -127,9 +136,7 @@ def run_folder(params: Mapping[str, Any], run_id: str, *, record: bool = False,
             opened.sync_run_dir(run.id, run.dir, **run_fields)
 
 
-def store():
-    from faceattr.store.store import Store
-
+def store() -> Store:
     return Store.from_env()
 
 
@@ -160,18 +167,16 @@ _EVAL_SUMMARY = ("epoch", "images", "mean_accuracy", "majority_baseline", "mean_
 def download(params: Mapping[str, Any], conf: Mapping[str, Any] | None = None) -> dict:
     """Check the run's settings, then fetch and verify the dataset into the root (idempotent).
 
-    Only fetching is worth retrying: bad settings fail at once (Refused).
+    Only fetching is worth retrying: bad settings fail at once (Refused). New data becomes a new
+    data version; this run trains on it (faceattr_data's announce_data is what starts retrains).
     """
-    from faceattr.store.registry import check_min_gain
-
     with refuse_bad_settings():
         check_conf(conf, set(train_params()))
         config = config_from_params(params)
-        check_min_gain(params.get("promote_min_gain") or 0.0)  # publish's own check, before training
+        registry.check_min_gain(params.get("promote_min_gain") or 0.0)  # publish's own checks, before training
+        registry.check_min_images(params.get("gate_min_images", registry.GATE_MIN_IMAGES))
         check_path(params["output"], "output")
-        source = params.get("source")
-        if source and "://" not in source and source != "gdrive":
-            source = str(check_path(source, "source"))
+        source = checked_source(params.get("source"))
     root = Path(config.root)
     if not source:
         attr = celeba_dir(root) / ATTR_FILE
@@ -182,32 +187,51 @@ def download(params: Mapping[str, Any], conf: Mapping[str, Any] | None = None) -
             )
         log.info("download: no source given; using the dataset in %s", celeba_dir(root))
         return {"status": "present", "root": str(root)}
+    return _acquire(source, root)
 
-    from faceattr.data.download import acquire
 
+def check_data(params: Mapping[str, Any]) -> dict:
+    """faceattr_data's check: the source into the root; a changed source becomes a new data version."""
+    with refuse_bad_settings():
+        root = check_path(params["root"], "root")
+        source = checked_source(params.get("source"))
+    if not source:
+        raise Refused("no source to check: set the 'source' param or FACEATTR_SOURCE (a folder, a mirror URL or "
+                      "'gdrive')")
+    return _acquire(source, root)
+
+
+def checked_source(source: str | None) -> str | None:
+    """A local source folder checked against FACEATTR_DATA_ROOTS; URLs and 'gdrive' as they are."""
+    if source and "://" not in source and source != "gdrive":
+        return str(check_path(source, "source"))
+    return source
+
+
+def _acquire(source: str, root: Path) -> dict:
     result = acquire(source, root)
-    log.info("download: %s from %s into %s: %s", result["status"], result["source"], root, result["counts"])
-    return summary(result, "status", "source", "root", "counts", "seconds")
+    log.info("download: %s from %s into %s: %s, data version %s (previous %s, changes %s)", result["status"],
+             result["source"], root, result["counts"], result["version"], result["previous_version"],
+             result["changes"])
+    return summary(result, "status", "source", "root", "counts", "seconds", "version", "previous_version", "changes")
 
 
 def split(params: Mapping[str, Any], dag_run_id: str) -> dict:
-    """Start the run folder: save config.json (or check it matches) and write split.csv."""
-    from faceattr.data.split import make_split
-
+    """Start the run folder: save config.json (or check it matches), write split.csv and record the
+    data version it was made from (RUN/data_version.json, the store's runs.data_version)."""
     refuse_another_dag_runs_folder(run_context(params, dag_run_id))
     # A retry on another worker pulls first, so it checks the saved config.json.
     with run_folder(params, dag_run_id, record=True, status="running", dag_run_id=dag_run_id,
                     started_at=now()) as run:
         save_or_check(run.config, run.dir)
         result = make_split(Path(run.config.root), run.config.split, run.config.seed, run.dir)
-    log.info("split: %s -> %s", {k: result[k] for k in ("train", "val", "test")}, result["path"])
-    return {"run_dir": str(run.dir), **summary(result, "train", "val", "test", "strategy", "path")}
+    log.info("split: %s -> %s (data version %s)", {k: result[k] for k in ("train", "val", "test")}, result["path"],
+             result["data_version"])
+    return {"run_dir": str(run.dir), **summary(result, "train", "val", "test", "strategy", "path", "data_version")}
 
 
 def refuse_another_dag_runs_folder(run: Run) -> None:
     """Two DAG run ids can give one folder name (a:b and a-b): never reuse the other run's folder."""
-    from faceattr.store.store import RunNotFoundError
-
     with store() as opened:
         try:
             owner = opened.run(run.id)["dag_run_id"]
@@ -224,6 +248,7 @@ def cache_images(params: Mapping[str, Any], dag_run_id: str) -> dict:
     It runs on the GPU queue because the cache is read from the training worker's local disk; a
     run on the PIL path ("pil", or "auto" on a CPU) needs none and returns at once.
     """
+    # torch: never loaded when a DAG file is parsed, only in the task that builds the cache
     from faceattr.data.cache import build_cache
     from faceattr.runtime import resolve_device
 
@@ -249,8 +274,6 @@ def skip_reason(config: RunConfig, run_dir: Path, epoch: int) -> str | None:
     if epoch > config.epochs:
         return f"this run trains {config.epochs} epoch(s)"
     if config.patience:
-        from faceattr.run.selection import stop_reason, validation_scores
-
         reason = stop_reason(config, validation_scores(run_dir, config, range(1, epoch)))
         if reason:
             return f"early stop: {reason}"
@@ -276,7 +299,7 @@ def after_validation(params: Mapping[str, Any], dag_run_id: str, epoch: int, gro
 
 def train(params: Mapping[str, Any], dag_run_id: str, epoch: int) -> dict:
     """Train one epoch from the previous epoch's checkpoint; raises Skip past the run's epochs or on early stop."""
-    from faceattr.engine.distributed import launch_epoch  # one process, or DDP over the worker's GPUs
+    from faceattr.engine.distributed import launch_epoch  # torch: off the DAG-parse path
 
     with run_folder(params, dag_run_id, record=True) as run:
         reason = skip_reason(run.config, run.dir, epoch)
@@ -295,8 +318,6 @@ def train(params: Mapping[str, Any], dag_run_id: str, epoch: int) -> dict:
 
 def validate(params: Mapping[str, Any], dag_run_id: str, epoch: int) -> dict:
     """Score epoch K's checkpoint on the validation split; record the epoch in the store."""
-    from faceattr.engine.evaluate import evaluate_epoch
-
     with run_folder(params, dag_run_id, record=True) as run:
         if not run.layout.checkpoint(epoch).is_file():
             raise skip(f"epoch {epoch} was not trained")
@@ -306,8 +327,6 @@ def validate(params: Mapping[str, Any], dag_run_id: str, epoch: int) -> dict:
 
 def select(params: Mapping[str, Any], dag_run_id: str) -> dict:
     """Pick the best epoch (faceattr.run.selection's rule); write best.json and model.pt; log every epoch."""
-    from faceattr.engine.selection import select_best
-    from faceattr.run.selection import ranking_measure, rule_text, validation_scores
 
     with run_folder(params, dag_run_id) as run:
         result = select_best(run.dir)
@@ -327,8 +346,6 @@ def selection_table(scores: Mapping[int, float], best: int, measure: str) -> str
 
 def test(params: Mapping[str, Any], dag_run_id: str) -> dict:
     """Score the chosen model on the test split."""
-    from faceattr.engine.evaluate import evaluate_epoch
-
     with run_folder(params, dag_run_id, record=True) as run:
         result = evaluate_epoch(run.dir, "best", "test", device=run.config.device)  # logs the summary line
     return summary(result, *_EVAL_SUMMARY)
@@ -336,8 +353,6 @@ def test(params: Mapping[str, Any], dag_run_id: str) -> dict:
 
 def report(params: Mapping[str, Any], dag_run_id: str) -> dict:
     """Write RUN/report/ (plots, table, HTML); the XCom lists the files relative to the run folder."""
-    from faceattr.run.report import write_report
-
     with run_folder(params, dag_run_id) as run:
         folder = write_report(run.dir)
     files = sorted(path.name for path in folder.iterdir() if path.is_file())
@@ -348,14 +363,19 @@ def report(params: Mapping[str, Any], dag_run_id: str) -> dict:
 def publish(params: Mapping[str, Any], dag_run_id: str) -> dict:
     """Record the finished run and let its model through the registry's gate: the call
     `faceattr models publish` makes (faceattr.store.registry.publish). The first model, and one that
-    beats the champion on the same evaluation set, becomes champion; the summary says which and why."""
-    from faceattr.store import registry
+    beats the champion (on the same evaluation set, or both re-scored on this run's test images the
+    champion never saw), becomes champion; the summary says which, why and what was compared."""
+    from faceattr.engine.rescore import mean_accuracy_on  # torch: off the DAG-parse path
 
     with run_folder(params, dag_run_id) as run, store() as opened:
-        result = registry.publish(
-            opened, run.dir, run_id=run.id, min_gain=params.get("promote_min_gain") or 0.0,
-            force=params.get("promote") == "force", actor=f"faceattr_train {dag_run_id}",
-        )
+        try:
+            result = registry.publish(
+                opened, run.dir, run_id=run.id, min_gain=params.get("promote_min_gain") or 0.0,
+                force=params.get("promote") == "force", actor=f"faceattr_train {dag_run_id}",
+                rescore=mean_accuracy_on, min_images=params.get("gate_min_images", registry.GATE_MIN_IMAGES),
+            )
+        except registry.RegistryError as exc:
+            raise Refused(str(exc)) from None  # the same files would be refused again
     log.info("published %s (epoch %d, val %.4f, test %.4f): %s, %s", result["model"], result["epoch"],
              result["val_mean_accuracy"], result["test_mean_accuracy"], result["state"], result["reason"])
     return {**rounded(result), "dag_run_id": dag_run_id}
@@ -367,13 +387,21 @@ def champion_event(published: Mapping[str, Any]) -> dict:
     if not published.get("promoted"):
         raise skip(f"run {published['run']} is {published['state']}, not a new champion: {published['reason']}")
     return {key: published.get(key) for key in ("run", "dag_run_id", "epoch", "val_mean_accuracy",
-                                                "test_mean_accuracy", "previous_champion", "reason", "model")}
+                                                "test_mean_accuracy", "previous_champion", "reason", "model",
+                                                "comparison", "sha256")}
+
+
+def data_event(downloaded: Mapping[str, Any]) -> dict:
+    """The `faceattr/data` asset event's extra when download acquired a new data version; Skip when
+    the data was up to date, so no retrain starts."""
+    if downloaded.get("status") != "downloaded":
+        raise skip(f"data {downloaded.get('status')}: version {downloaded.get('version')}, nothing new")
+    return {key: downloaded.get(key) for key in ("version", "previous_version", "counts", "changes", "source",
+                                                 "root")}
 
 
 def record_failure(dag_run_id: str, reason: str) -> None:
     """Mark a run failed in the store (the DAG's failure callback); never raises, the run has failed already."""
-    from faceattr.store.store import RunNotFoundError
-
     run_id = sanitize_run_id(dag_run_id)
     try:
         with store() as opened:

@@ -2,6 +2,7 @@
 
     RUN/config.json                   the RunConfig
     RUN/split.csv                     image_id,split (train|val|test)
+    RUN/data_version.json             the data version split.csv was made from (faceattr.data.versions)
     RUN/checkpoints/epoch_K.pt        one per trained epoch
     RUN/metrics/{split}_epoch_K.json  train figures, val/test evaluations (faceattr.run.metrics)
     RUN/metrics/val_epoch_K.npz       raw validation scores, kept for threshold tuning
@@ -52,6 +53,10 @@ class RunLayout:
     @property
     def split(self) -> Path:
         return self.root / "split.csv"
+
+    @property
+    def data_version(self) -> Path:
+        return self.root / "data_version.json"
 
     @property
     def checkpoints(self) -> Path:

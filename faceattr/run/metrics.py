@@ -6,6 +6,10 @@
     RUN/metrics/val_epoch_K.npz      raw validation scores (scores_path), for threshold tuning
     RUN/best.json                    the selected epoch: epoch, val_mean_accuracy, val_by_epoch, ...
 
+The test metrics are what the publish gate reads, so they are guarded like checkpoints: written
+with `<file>.sha256` beside them and, for the selected epoch, the sha256 of the RUN/model.pt they
+measured (`model_sha256`). `read_test_metrics` refuses a file changed after it was written.
+
 Every file carries its own "epoch" and "split"; a reader checks them against the file name, so a
 file copied under the wrong name is refused instead of being counted as another epoch. What each
 figure means is the writer's business (train, evaluate, select); this module guarantees the
@@ -18,7 +22,7 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from faceattr.attributes import SPLITS
-from faceattr.fsutil import read_json, write_json
+from faceattr.fsutil import ChecksumError, digest_path, read_json, sha256_of, verify_digest, write_digest, write_json
 from faceattr.run.layout import RunLayout, parse_metrics_name
 
 
@@ -55,7 +59,39 @@ def write_epoch_metrics(run_dir: str | Path, split: str, epoch: int, data: dict[
     for key, expected in (("epoch", epoch), ("split", split)):
         if data.get(key, expected) != expected:
             raise ValueError(f"{path}: {key} {data[key]!r} does not match the file's {expected!r}")
-    return write_json(path, {**data, "epoch": epoch, "split": split})
+    data = {**data, "epoch": epoch, "split": split}
+    if split != "test":
+        return write_json(path, data)
+    if "model_sha256" not in data:
+        data["model_sha256"] = _selected_model_sha256(run_dir, epoch)
+    digest_path(path).unlink(missing_ok=True)  # the old digest must not outlive the old file
+    write_json(path, data)
+    write_digest(path)
+    return path
+
+
+def _selected_model_sha256(run_dir: str | Path, epoch: int) -> str | None:
+    """The sha256 of RUN/model.pt when it is this epoch's (best.json names it): the model tested."""
+    layout = RunLayout(run_dir)
+    best = read_best(run_dir) if layout.best.is_file() else None
+    if best is None or best["epoch"] != epoch or not layout.model.is_file():
+        return None
+    return sha256_of(layout.model)
+
+
+def read_test_metrics(run_dir: str | Path, epoch: int) -> dict[str, Any]:
+    """RUN/metrics/test_epoch_K.json, refused (ChecksumError) unless it matches the digest written with it."""
+    path = RunLayout(run_dir).metrics("test", check_epoch(epoch))
+    data = read_epoch_metrics(run_dir, "test", epoch)
+    again = f"run 'faceattr evaluate --run {run_dir} --epoch best --split test' again"
+    try:
+        verified = verify_digest(path)
+    except ChecksumError as exc:
+        raise ChecksumError(f"{str(exc).split('; the file was')[0]}: it changed after test wrote it; {again}") from None
+    if not verified:
+        raise ChecksumError(f"{path}: has no {digest_path(path).name} (written before test metrics carried one, or "
+                            f"by hand); {again}")
+    return data
 
 
 def read_epoch_metrics(run_dir: str | Path, split: str, epoch: int, *, missing_ok: bool = False) -> dict | None:

@@ -8,21 +8,23 @@ appended to model_events (the history):
     retired     was the champion until another model replaced it
 
 The publish gate (`publish`, what the DAG's publish_model and `faceattr models publish` call):
+    - the model must be the run's: model.pt's run, arch and epoch match config.json and best.json
+      (the check `evaluate` makes), its test metrics match the digest written with them and
+      record this very model.pt's sha256; anything else is refused with one line, nothing changed;
+    - a run id is one run folder: another folder under a recorded run id is refused;
     - the first published model becomes champion;
     - `force` promotes whatever the comparison says (the DAG param `promote: force`);
-    - otherwise the test mean accuracies are compared only when both models were tested on the
-      same evaluation set (evaluation_set, set_difference): split strategy, seed (unless the split
-      is official), sha256 of the source label file and of the sorted test image ids. Then
-      the run is promoted when its gain over the champion is above 0 and at least `min_gain`
-      (param `promote_min_gain`). A run whose set differs, or is unknown, stays a challenger and
-      its reason says why: it is never compared silently.
+    - otherwise faceattr.store.gate compares: the recorded test accuracies on the same evaluation
+      set, else both models re-scored on the challenger's test images the champion never saw
+      (at least `min_images` of them). The run is promoted when its gain is above 0 and at least
+      `min_gain` (param `promote_min_gain`); the comparison (rule, images, both figures) is
+      recorded on the model and its event.
 Each decision is one transaction that reads the champion and writes the outcome under a lock
 (BEGIN IMMEDIATE on SQLite, an advisory lock on PostgreSQL), so two publishes racing leave exactly
 one champion, the better one. `promote` and `rollback` change the champion by hand.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,13 +34,22 @@ from sqlalchemy import create_engine, insert, select, update
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from faceattr.run.config import ConfigError
-from faceattr.data.layout import ATTR_FILE, celeba_dir
-from faceattr.fsutil import read_json, sha256_of
+from faceattr.checkpoint import load_checkpoint
+from faceattr.fsutil import ChecksumError, sha256_of
+from faceattr.model import check_run_model
+from faceattr.run.chosen import selected_model
+from faceattr.run.config import ConfigError, RunConfig
 from faceattr.run.layout import RunLayout
-from faceattr.run.metrics import read_best, read_epoch_metrics
+from faceattr.run.metrics import read_best, read_test_metrics
+from faceattr.store.gate import (
+    EVAL_SET_FIELDS, GATE_MIN_IMAGES, HAND_RULE, Rescore, compare, evaluation_set, set_difference,
+)
 from faceattr.store.schema import MODEL_STATES, Model, ModelEvent, Run
-from faceattr.store.store import Store, default_url, selected_model
+from faceattr.store.store import Store, champion_row as _champion, default_url
+
+__all__ = ["GATE_MIN_IMAGES", "RegistryError", "evaluation_set", "set_difference", "publish", "promote", "rollback",
+           "resolve", "champion", "candidates", "history", "published_run_ids", "check_min_gain",
+           "check_min_images"]
 
 CHAMPION_NAMES = ("champion", "latest")  # "latest": the name scoring used before the registry
 ROLLED_BACK = "rolled back by"  # how a rollback's event reason starts: _champion_stack pops on it
@@ -49,96 +60,115 @@ class RegistryError(ValueError):
     """A registry request that cannot be done (no such model, nothing to roll back to); says why."""
 
 
-# -- the evaluation set --------------------------------------------------------------------------
-def evaluation_set(run_dir: str | Path) -> dict[str, Any]:
-    """What a run's test accuracy was measured on: split strategy, seed, the sha256 of the
-    dataset's label file and of the sorted test image ids in RUN/split.csv (fixed for a run). A
-    part that cannot be read here is None: then nothing is comparable."""
-    config = read_json(RunLayout(run_dir).config)
-    try:
-        data_sha256 = sha256_of(celeba_dir(config.get("root") or ".") / ATTR_FILE)
-    except OSError:
-        data_sha256 = None
-    return {"split": config.get("split"), "seed": config.get("seed"), "data_sha256": data_sha256,
-            "test_ids_sha256": _test_ids_sha256(Path(run_dir))}
-
-
-def _test_ids_sha256(run_dir: Path) -> str | None:
-    from faceattr.data.split import read_split  # pandas: only when publishing, not at DAG parse time
-
-    try:
-        split = read_split(run_dir)
-    except (OSError, ValueError):
-        return None
-    return hashlib.sha256("\n".join(sorted(split.index[split == "test"])).encode()).hexdigest()
-
-
-EVAL_SET_FIELDS = {"split": "split strategy", "seed": "seed", "data_sha256": "source data sha256",
-                   "test_ids_sha256": "test images sha256"}
-
-
-def set_difference(new: dict | None, old: dict | None) -> str | None:
-    """None when the two evaluation sets are the same and known; else what differs. The one rule of
-    comparability: the publish gate and the UI's "compare with care" note use it. The seed counts
-    only for split strategies that use it (not `official`)."""
-    if not new or not old:
-        return "the champion's evaluation set was not recorded" if new else "this run's evaluation set is unknown"
-    names = EVAL_SET_FIELDS
-    if new.get("data_sha256") is None or old.get("data_sha256") is None:
-        return "the source data checksum is unknown (label file not readable when published)"
-    if new.get("test_ids_sha256") is None or old.get("test_ids_sha256") is None:
-        return "the test images are unknown (RUN/split.csv not readable when published)"
-    keys = [key for key in names if key != "seed" or new.get("split") != "official"]
-    differ = [f"{names[key]} {new.get(key)!r} vs {old.get(key)!r}" for key in keys if new.get(key) != old.get(key)]
-    return "; ".join(differ) or None
-
-
 # -- publish: record, gate, maybe promote --------------------------------------------------------
 def publish(store: Store, run_dir: str | Path, *, run_id: str | None = None, min_gain: float = 0.0,
-            force: bool = False, actor: str) -> dict[str, Any]:
+            force: bool = False, actor: str, rescore: Rescore | None = None,
+            min_images: int = GATE_MIN_IMAGES) -> dict[str, Any]:
     """Record the finished run folder (as sync_run_dir does: status success, finished now) and let
     its tested model through the gate. The DAG's publish task and `faceattr models publish` both
-    make exactly this call.
+    make exactly this call, with the engine's rescore function (faceattr.engine.rescore).
 
     Returns {"run", "epoch", "state", "reason", "promoted", "previous_champion", "val_mean_accuracy",
-    "test_mean_accuracy", "model"}; `promoted` is true only when this call made it the champion.
+    "test_mean_accuracy", "model", "comparison"}; `promoted` is true only when this call made it the champion.
     """
     layout = RunLayout(run_dir)
     run_id = run_id or layout.root.name
     check_min_gain(min_gain)
+    check_min_images(min_images)
     best = read_best(layout.root, missing_ok=False)
-    if read_epoch_metrics(layout.root, "test", best["epoch"], missing_ok=True) is None:
-        raise FileNotFoundError(
-            f"{layout.metrics('test', best['epoch'])}: the selected epoch has no test metrics; run "
-            f"'faceattr evaluate --run {layout.root} --epoch best --split test' before publishing")
+    sha256 = tested_model_sha256(layout, best["epoch"])
+    _check_identity(store, run_id, layout.root)
     eval_set = evaluation_set(layout.root)
-    sha256 = sha256_of(layout.model)  # resolve refuses the file if it changes after this
     store.sync_run_dir(run_id, layout.root, status="success", finished_at=datetime.now(timezone.utc))
 
-    with store.write() as conn:
-        _lock(conn)
-        model = _model(conn, run_id, best["epoch"])
-        conn.execute(update(Model).where(*_key(model)).values(eval_set=eval_set, sha256=sha256))
-        model.update(eval_set=eval_set, sha256=sha256)
-        champion = _champion(conn)
-        if champion is not None:
-            _complete_eval_set(conn, champion)
-        if champion is not None and _same(champion, model):
-            # A retry of the publish that promoted it reports the promotion again (its event must fire).
-            event = _last_event(conn, model, "champion")
-            promoted = event is not None and event.actor == actor
-            return _result(model, "champion", model["reason"], promoted, _previous(event))
-        if champion is None:
-            state, reason = "champion", "first published model"
-        elif force:
-            state, reason = "champion", f"forced (promote: force) over run {champion['run_id']}" + _versus(model, champion)
-        else:
-            state, reason = _gate(model, eval_set, champion, min_gain)
-        if state == "champion":
-            _make_champion(conn, model, champion, reason, actor)
-        else:
-            _set_state(conn, model, state, reason, actor, champion)
+    for _ in range(3):  # the comparison runs outside the lock; redone if the champion changed meanwhile
+        with store.engine.connect() as conn:
+            champion = _champion(conn)
+            model = {**_model(conn, run_id, best["epoch"]), "eval_set": eval_set, "sha256": sha256}
+            if champion is not None:
+                _complete_eval_set(conn, champion)
+        decision = None
+        if champion is not None and not _same(champion, model) and not force:
+            decision = compare(model, layout.root, champion, _run_dir(store, champion["run_id"]),
+                               min_gain=min_gain, min_images=min_images, rescore=rescore)
+        with store.write() as conn:
+            _lock(conn)
+            now_champion = _champion(conn)
+            if _key_of(now_champion) != _key_of(champion):
+                continue
+            if champion is not None:  # what _complete_eval_set found, stored now
+                conn.execute(update(Model).where(*_key(champion)).values(eval_set=champion["eval_set"]))
+            return _decide(conn, model, champion, decision, force, actor)
+    raise RegistryError(f"run {run_id}: the champion kept changing while this run was compared; publish it again")
+
+
+def _decide(conn: Connection, model: dict, champion: dict | None, decision: tuple | None, force: bool,
+            actor: str) -> dict[str, Any]:
+    """Write the gate's outcome (inside the locked transaction whose champion the decision was made on)."""
+    conn.execute(update(Model).where(*_key(model)).values(eval_set=model["eval_set"], sha256=model["sha256"]))
+    if champion is not None and _same(champion, model):
+        # A retry of the publish that promoted it reports the promotion again (its event must fire).
+        event = _last_event(conn, model, "champion")
+        promoted = event is not None and event.actor == actor
+        return _result(model, "champion", model["reason"], promoted, _previous(event))
+    if champion is None:
+        state, reason, comparison = "champion", "first published model", {"rule": "first published model"}
+    elif force:
+        state, reason = "champion", f"forced (promote: force) over run {champion['run_id']}" + _versus(model, champion)
+        comparison = {"rule": "forced: promote: force, whatever the comparison says"}
+    else:
+        state, reason, comparison = decision
+    if state == "champion":
+        _make_champion(conn, model, champion, reason, actor, comparison)
+    else:
+        _set_state(conn, model, state, reason, actor, champion, comparison=comparison)
     return _result(model, state, reason, state == "champion", champion)
+
+
+def tested_model_sha256(layout: RunLayout, epoch: int) -> str:
+    """The sha256 of RUN/model.pt after checking it is this run's tested model: its run, arch and
+    epoch match config.json and best.json (the check `evaluate` makes), and the test metrics are
+    intact and measured this very file. Anything else: RegistryError, one line."""
+    if not layout.metrics("test", epoch).is_file():
+        raise FileNotFoundError(
+            f"{layout.metrics('test', epoch)}: the selected epoch has no test metrics; run "
+            f"'faceattr evaluate --run {layout.root} --epoch best --split test' before publishing")
+    retest = (f"re-run 'faceattr select --run {layout.root}' and 'faceattr evaluate --run {layout.root} --epoch best "
+              "--split test' for that run")
+    try:
+        tested = read_test_metrics(layout.root, epoch)
+        info = load_checkpoint(layout.model)  # checks the .sha256 beside it
+        check_run_model(info, layout.model, layout.root, arch=RunConfig.load(layout.root).arch, epoch=epoch)
+    except (ChecksumError, ConfigError) as exc:
+        raise RegistryError(f"{exc}; nothing was published") from None
+    except ValueError as exc:  # another run's or epoch's model file, or not a model file
+        raise RegistryError(f"{str(exc).split('; run ')[0]}; {retest}; nothing was published") from None
+    sha256 = sha256_of(layout.model)
+    if tested.get("model_sha256") != sha256:
+        raise RegistryError(f"{layout.model}: not the model its test metrics measured ({layout.metrics('test', epoch)} "
+                            f"records {tested.get('model_sha256')}, the file is {sha256}); {retest}; "
+                            "nothing was published")
+    return sha256
+
+
+def _check_identity(store: Store, run_id: str, run_dir: Path) -> None:
+    """A run id names one run folder: another folder under it would replace the recorded run."""
+    recorded = _run_dir(store, run_id)
+    if recorded is not None and Path(recorded) != run_dir.resolve():
+        raise RegistryError(f"run {run_id!r} is already recorded with the folder {recorded}; refusing to publish "
+                            f"{run_dir.resolve()} under the same run id (nothing was changed)")
+
+
+def _run_dir(store: Store, run_id: str) -> str | None:
+    with store.engine.connect() as conn:
+        return conn.execute(select(Run.run_dir).where(Run.id == run_id)).scalar()
+
+
+def check_min_images(min_images: Any) -> int:
+    """gate_min_images / --gate-min-images: a whole number, 1 or more."""
+    if isinstance(min_images, bool) or not isinstance(min_images, int) or min_images < 1:
+        raise ConfigError(f"gate_min_images: expected a whole number, 1 or more, got {min_images!r}")
+    return min_images
 
 
 def check_min_gain(min_gain: Any) -> float:
@@ -147,19 +177,6 @@ def check_min_gain(min_gain: Any) -> float:
             or not 0 <= min_gain <= 1:
         raise ConfigError(f"promote_min_gain: expected a number in [0, 1], got {min_gain!r}")
     return float(min_gain)
-
-
-def _gate(model: dict, eval_set: dict, champion: dict, min_gain: float) -> tuple[str, str]:
-    difference = set_difference(eval_set, champion["eval_set"])
-    if difference:
-        return "challenger", (f"not compared with champion run {champion['run_id']}: evaluation sets differ "
-                              f"({difference}); publish with promote: force to promote it anyway")
-    gain = model["test_mean_accuracy"] - champion["test_mean_accuracy"]
-    if gain > 0 and gain >= min_gain:
-        return "champion", f"beats run {champion['run_id']}" + _versus(model, champion)
-    needed = "above 0" + (f" and at least {min_gain:g}" if min_gain else "")
-    return "challenger", (f"does not beat champion run {champion['run_id']}" + _versus(model, champion)
-                          + f"; the gain must be {needed}")
 
 
 def _versus(model: dict, champion: dict) -> str:
@@ -183,7 +200,7 @@ def promote(store: Store, run_id: str, *, actor: str, epoch: int | None = None) 
         if champion is not None and _same(champion, model):
             return {"changed": False, "message": f"run {run_id} epoch {model['epoch']} is already the champion",
                     "champion": _brief(model), "previous": None}
-        _make_champion(conn, model, champion, f"promoted by hand by {actor}", actor)
+        _make_champion(conn, model, champion, f"promoted by hand by {actor}", actor, {"rule": HAND_RULE})
     was = f" (was run {champion['run_id']} epoch {champion['epoch']})" if champion else ""
     return {"changed": True, "message": f"champion is now run {run_id} epoch {model['epoch']}{was}",
             "champion": _brief(model), "previous": _brief(champion)}
@@ -209,7 +226,8 @@ def rollback(store: Store, *, actor: str) -> dict[str, Any]:
         if not Path(previous["path"]).is_file():
             raise RegistryError(f"rollback: the previous champion's model {previous['path']} is missing")
         _make_champion(conn, previous, champion,
-                       f"{ROLLED_BACK} {actor} from run {champion['run_id']} epoch {champion['epoch']}", actor)
+                       f"{ROLLED_BACK} {actor} from run {champion['run_id']} epoch {champion['epoch']}", actor,
+                       {"rule": HAND_RULE})
     return {"changed": True, "champion": _brief(previous), "previous": _brief(champion),
             "message": (f"champion is now run {previous['run_id']} epoch {previous['epoch']} "
                         f"(rolled back from run {champion['run_id']} epoch {champion['epoch']})")}
@@ -238,7 +256,8 @@ def champion(store: Store) -> dict[str, Any] | None:
 
 def resolve(store: Store, name: str) -> dict[str, Any]:
     """`champion` (or `latest`) -> the champion; a run id -> that run's published model.
-    Returns {"path", "run_id", "epoch"}; the model file must exist."""
+    Returns {"path", "run_id", "epoch", "sha256"}: the model file must exist and be the one published
+    (scoring loads that path and checks that sha256 again)."""
     with store.engine.connect() as conn:
         if name in CHAMPION_NAMES:
             found = _champion(conn)
@@ -257,10 +276,14 @@ def resolve(store: Store, name: str) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"model {name!r}: {path} is recorded in the run store but missing on disk")
     # Every epoch's row of a run points at one RUN/model.pt: a run selected again since holds another model.
-    if found["sha256"] is not None and sha256_of(path) != found["sha256"]:
-        raise RegistryError(f"model {name!r}: {path} has changed since run {found['run_id']} epoch {found['epoch']} "
-                            "was published (selected again?); publish the run again to use the new file")
-    return {"path": str(path), "run_id": found["run_id"], "epoch": int(found["epoch"])}
+    sha256 = sha256_of(path)
+    if found["sha256"] is not None and sha256 != found["sha256"]:
+        run_dir = path.parent
+        raise RegistryError(
+            f"model {name!r}: {path} has changed since run {found['run_id']} epoch {found['epoch']} was published "
+            f"(sha256 {found['sha256'][:12]}..., now {sha256[:12]}...); it is not used: re-run 'faceattr select "
+            f"--run {run_dir}' and 'faceattr evaluate --run {run_dir} --epoch best --split test' for that run")
+    return {"path": str(path), "run_id": found["run_id"], "epoch": int(found["epoch"]), "sha256": sha256}
 
 
 def published_run_ids(url: str | None = None) -> list[str]:
@@ -312,9 +335,8 @@ def _same(a: dict, b: dict) -> bool:
     return (a["run_id"], a["epoch"]) == (b["run_id"], b["epoch"])
 
 
-def _champion(conn: Connection) -> dict[str, Any] | None:
-    row = conn.execute(select(Model).where(Model.is_current)).mappings().first()
-    return None if row is None else dict(row)
+def _key_of(model: dict | None) -> tuple | None:
+    return None if model is None else (model["run_id"], model["epoch"], model.get("sha256"))
 
 
 def _model(conn: Connection, run_id: str, epoch: int) -> dict[str, Any]:
@@ -351,7 +373,7 @@ def _complete_eval_set(conn: Connection, model: dict) -> None:
     except (OSError, ValueError):
         return
     model["eval_set"] = {**found, **recorded}  # what was recorded when it was tested wins
-    conn.execute(update(Model).where(*_key(model)).values(eval_set=model["eval_set"]))
+    conn.execute(update(Model).where(*_key(model)).values(eval_set=model["eval_set"]))  # kept in a write transaction
 
 
 def _last_event(conn: Connection, model: dict, state: str):
@@ -361,7 +383,7 @@ def _last_event(conn: Connection, model: dict, state: str):
 
 
 def _set_state(conn: Connection, model: dict, state: str, reason: str, actor: str, champion: dict | None,
-               current: bool = False) -> None:
+               current: bool = False, comparison: dict | None = None) -> None:
     """Write the model's state and append the event (nothing when state and reason are unchanged: a retry)."""
     if (model.get("state"), model.get("reason"), model.get("is_current")) == (state, reason, current):
         return
@@ -369,19 +391,20 @@ def _set_state(conn: Connection, model: dict, state: str, reason: str, actor: st
         raise ValueError(f"model state {state!r}: expected one of {', '.join(MODEL_STATES)}")
     at = datetime.now(timezone.utc)
     conn.execute(update(Model).where(*_key(model)).values(
-        state=state, reason=reason, actor=actor, state_at=at, is_current=current))
+        state=state, reason=reason, actor=actor, state_at=at, is_current=current, comparison=comparison))
     conn.execute(insert(ModelEvent).values(
         run_id=model["run_id"], epoch=model["epoch"], state=state, reason=reason, actor=actor, at=at,
         previous_run_id=champion["run_id"] if champion else None,
-        previous_epoch=champion["epoch"] if champion else None))
-    model.update(state=state, reason=reason, actor=actor, state_at=at, is_current=current)
+        previous_epoch=champion["epoch"] if champion else None, comparison=comparison))
+    model.update(state=state, reason=reason, actor=actor, state_at=at, is_current=current, comparison=comparison)
 
 
-def _make_champion(conn: Connection, model: dict, champion: dict | None, reason: str, actor: str) -> None:
+def _make_champion(conn: Connection, model: dict, champion: dict | None, reason: str, actor: str,
+                   comparison: dict | None) -> None:
     if champion is not None:  # first: the unique index allows one champion at any moment
         _set_state(conn, champion, "retired", f"replaced by run {model['run_id']} epoch {model['epoch']}",
-                   actor, None)
-    _set_state(conn, model, "champion", reason, actor, champion, current=True)
+                   actor, None, comparison=champion.get("comparison"))
+    _set_state(conn, model, "champion", reason, actor, champion, current=True, comparison=comparison)
 
 
 def _brief(model: dict | None) -> dict | None:
@@ -399,4 +422,5 @@ def _result(model: dict, state: str, reason: str | None, promoted: bool, previou
     return {"run": model["run_id"], "epoch": model["epoch"], "state": state, "reason": reason,
             "promoted": promoted, "previous_champion": _brief(previous) if previous and "path" in previous
             else previous, "val_mean_accuracy": model["val_mean_accuracy"],
-            "test_mean_accuracy": model["test_mean_accuracy"], "model": model["path"]}
+            "test_mean_accuracy": model["test_mean_accuracy"], "model": model["path"],
+            "comparison": model.get("comparison"), "sha256": model.get("sha256")}

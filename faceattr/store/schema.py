@@ -47,6 +47,8 @@ class Run(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     run_dir: Mapped[str] = mapped_column(Text)
+    # The data version the run was split from (RUN/data_version.json; faceattr.data.versions).
+    data_version: Mapped[str | None] = mapped_column(String)
 
 
 class Epoch(Base):
@@ -99,10 +101,12 @@ class Model(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     state_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     actor: Mapped[str | None] = mapped_column(String)
-    # What the test accuracy was measured on: {"split", "seed", "data_sha256"}; compared before accuracies.
+    # What the test accuracy was measured on: {"split", "seed", "data_sha256", "test_ids_sha256"}.
     eval_set: Mapped[dict | None] = mapped_column(JSON)
     # The model file's sha256 when it was published: resolve refuses a RUN/model.pt changed since.
     sha256: Mapped[str | None] = mapped_column(String)
+    # What the gate compared for its last decision: rule, images, both figures (registry.publish).
+    comparison: Mapped[dict | None] = mapped_column(JSON)
 
 
 class ModelEvent(Base):
@@ -123,6 +127,8 @@ class ModelEvent(Base):
     # The champion just before this event (for a promotion: the one it replaced).
     previous_run_id: Mapped[str | None] = mapped_column(String)
     previous_epoch: Mapped[int | None] = mapped_column(Integer)
+    # What was compared to decide (rule, images, both figures); hand changes say no comparison was made.
+    comparison: Mapped[dict | None] = mapped_column(JSON)
 
 
 class ScoringJob(Base):
@@ -137,6 +143,8 @@ class ScoringJob(Base):
     model_path: Mapped[str | None] = mapped_column(Text)
     model_run_id: Mapped[str | None] = mapped_column(String)
     model_epoch: Mapped[int | None] = mapped_column(Integer)
+    # The sha256 of the model file the job loaded (checked against the one its request resolved).
+    model_sha256: Mapped[str | None] = mapped_column(String)
     input_path: Mapped[str | None] = mapped_column(Text)
     output_csv: Mapped[str | None] = mapped_column(Text)
     errors_csv: Mapped[str | None] = mapped_column(Text)

@@ -10,7 +10,8 @@ FACEATTR_HOME; a reader never creates the store). The schema is created and upgr
 migrations in faceattr/store/migrations; a new schema change is a new file in
 faceattr/store/migrations/versions.
 
-Only SQLAlchemy is imported at module level: DAG files may import this at parse time.
+Only SQLAlchemy is imported at module level (Alembic when a store is opened): DAG files may import
+this at parse time. Which model and epoch are the run's is faceattr.run.chosen's rule.
 """
 from __future__ import annotations
 
@@ -24,12 +25,15 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from sqlalchemy import func, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from faceattr.attributes import ATTRIBUTES, SPLITS
+from faceattr.data.versions import run_version
 from faceattr.fsutil import read_json
+from faceattr.run.chosen import best_so_far, selected_model
 from faceattr.run.layout import RunLayout
 from faceattr.store import values as v
 from faceattr.store.connection import StoreError, default_url, make_engine, missing, one_line, quiet_alembic
@@ -85,6 +89,7 @@ class Store:
 
     # -- schema ---------------------------------------------------------------------------------
     def _alembic_config(self, connection: Connection | None = None):
+        # Alembic only when a store is opened: DAG files import this module at parse time, and open none.
         from alembic.config import Config
 
         config = Config()
@@ -94,7 +99,7 @@ class Store:
 
     def _pending_migrations(self, create: bool = True) -> bool:
         quiet_alembic()
-        from alembic.migration import MigrationContext
+        from alembic.migration import MigrationContext  # alembic: see _alembic_config
         from alembic.script import ScriptDirectory
 
         scripts = ScriptDirectory.from_config(self._alembic_config())
@@ -114,7 +119,7 @@ class Store:
     def upgrade(self) -> None:
         """`alembic upgrade head` on this database, in one transaction."""
         quiet_alembic()
-        from alembic import command
+        from alembic import command  # alembic: see _alembic_config
 
         log.info("run store %s: bringing the schema to the latest migration", self.url)
         with _UPGRADE_LOCK, self.write() as conn:
@@ -139,10 +144,8 @@ class Store:
         """INSERT ... ON CONFLICT (keys) DO UPDATE SET only the `update` columns."""
         if not rows:
             return
-        if conn.dialect.name == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert
-        else:  # postgresql: make_engine accepts nothing else
-            from sqlalchemy.dialects.postgresql import insert
+        # postgresql otherwise: make_engine accepts nothing else
+        insert = sqlite.insert if conn.dialect.name == "sqlite" else postgresql.insert
         stmt = insert(table.__table__)
         update = list(update)
         if update:
@@ -249,6 +252,9 @@ class Store:
         if run_fields.get("config") is None and layout.config.is_file():
             run_fields["config"] = read_json(layout.config)  # absent: keep what the store has
         run = self._run_values(run_id, run_dir=layout.root, **run_fields)
+        version = run_version(layout.root)
+        if version is not None:  # the data version split.csv was made from (prune keeps it)
+            run["data_version"] = version
         rows = read_run_dir(run_id, layout.root)
         epochs, attribute_rows, model = rows.epochs, rows.attribute_metrics, rows.model
 
@@ -273,14 +279,17 @@ class Store:
     # -- reads ----------------------------------------------------------------------------------
     @staticmethod
     def selected_model(run: dict[str, Any]) -> dict[str, Any] | None:
-        """The run's model (a row of run["models"], by selected_model's rule), or None."""
+        """The run's model (a row of run["models"], by faceattr.run.chosen.selected_model's rule), or None."""
         return selected_model(run["run_dir"], run["models"])
 
     def current_model(self) -> dict[str, Any] | None:
         """The champion (the model `champion`/`latest` scoring uses), or None before the first publish."""
-        with Session(self.engine) as session:
-            model = session.scalars(select(Model).where(Model.is_current)).first()
-            return None if model is None else _model_dict(model)
+        with self.engine.connect() as conn:
+            row = champion_row(conn)
+        if row is None:
+            return None
+        row["current"] = row.pop("is_current")
+        return row
 
     def runs(self) -> list[dict[str, Any]]:
         """Every run, newest first, with its epoch count and best epoch."""
@@ -293,7 +302,7 @@ class Store:
                 models[row.run_id].append(_model_dict(row))
             result = [
                 {**_row_dict(run), "epochs": len(epochs[run.id]),
-                 **_best(_row_dict(run), models[run.id], epochs[run.id])}
+                 **best_so_far(_row_dict(run), models[run.id], epochs[run.id])}
                 for run in session.scalars(select(Run))
             ]
         never = datetime.min.replace(tzinfo=timezone.utc)
@@ -320,7 +329,7 @@ class Store:
             metrics.sort(key=lambda m: (split_order.get(m["split"], 9), m["epoch"],
                                         order.get(m["attribute"], len(order)), m["attribute"]))
             return {**_row_dict(run), "epochs": epochs, "models": models, "attribute_metrics": metrics,
-                    **_best(_row_dict(run), models, epochs)}
+                    **best_so_far(_row_dict(run), models, epochs)}
 
     def count(self, table: str) -> int:
         """Rows in one of the store's tables (for checks and tests)."""
@@ -329,10 +338,22 @@ class Store:
         with Session(self.engine) as session:
             return session.scalar(select(func.count()).select_from(TABLES[table]))
 
+    def data_versions_in_use(self) -> set[str]:
+        """The data versions the store's runs were split from: `faceattr data prune` keeps them."""
+        with Session(self.engine) as session:
+            return set(session.scalars(select(Run.data_version).where(Run.data_version.is_not(None))))
+
     def scoring_job(self, job_id: str) -> dict[str, Any] | None:
         with Session(self.engine) as session:
             job = session.get(ScoringJob, job_id)
             return None if job is None else _row_dict(job)
+
+
+def champion_row(conn: Connection) -> dict[str, Any] | None:
+    """The champion's models row (column names as in the table), or None: the one champion lookup,
+    for Store.current_model and the registry."""
+    row = conn.execute(select(Model).where(Model.is_current)).mappings().first()
+    return None if row is None else dict(row)
 
 
 # -- row -> dict -----------------------------------------------------------------------
@@ -356,51 +377,3 @@ def _metric_dict(metric: AttributeMetric) -> dict[str, Any]:
     values = _row_dict(metric)
     del values["run_id"]
     return values
-
-
-def selected_model(run_dir: str | os.PathLike | None, models: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The run's model among its model rows (one home of the rule: store, registry and UI use it):
-    the row of RUN/best.json's epoch when the folder is readable here; else the newest published
-    row; else the highest epoch (a later selection saw more epochs)."""
-    from faceattr.run.metrics import read_best
-
-    if not models:
-        return None
-    try:
-        best = read_best(run_dir) if run_dir else None
-    except (OSError, ValueError):
-        best = None
-    chosen = next((m for m in models if best is not None and m["epoch"] == best["epoch"]), None)
-    never = datetime.min.replace(tzinfo=timezone.utc)
-    return chosen or max(models, key=lambda m: (m.get("state") is not None, m.get("state_at") or never, m["epoch"]))
-
-
-def _best(run: dict[str, Any], models: list[dict[str, Any]], epochs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The selected model, else the best validated epoch so far, by faceattr.run.selection's rule."""
-    selected = model = selected_model(run["run_dir"], models)
-    if model is None:
-        validated = {e["epoch"]: e for e in epochs if e["val_mean_accuracy"] is not None}
-        if not validated:
-            return {"best_epoch": None, "val_mean_accuracy": None, "test_mean_accuracy": None, "model": None}
-        model = validated[_best_epoch_so_far(run, validated)]
-    test = model.get("test_mean_accuracy")
-    if test is None:
-        test = next((e["test_mean_accuracy"] for e in epochs if e["epoch"] == model["epoch"]), None)
-    return {"best_epoch": model["epoch"], "val_mean_accuracy": model["val_mean_accuracy"], "test_mean_accuracy": test,
-            "model": selected}
-
-
-def _best_epoch_so_far(run: dict[str, Any], validated: dict[int, dict[str, Any]]) -> int:
-    """A run in progress: its best validated epoch by the ranking figure its config uses."""
-    # Imported here: the selection module loads numpy, and DAG files import the store at parse time.
-    from faceattr.run.config import ConfigError, RunConfig
-    from faceattr.run.selection import best_epoch, ranking_measure, validation_scores
-
-    scores = {epoch: e["val_mean_accuracy"] for epoch, e in validated.items()}
-    try:
-        config = RunConfig.from_dict(run.get("config") or {}, source=f"run {run['id']} config")
-        if ranking_measure(config) != "mean_accuracy":  # only in the run folder's val metrics
-            scores = validation_scores(run["run_dir"], config, sorted(validated)) or scores
-    except (ConfigError, OSError, ValueError):
-        pass  # not readable here: rank by the stored mean accuracy
-    return best_epoch(scores)

@@ -92,6 +92,7 @@ JOB_FIELDS = {
     "model_path": nonempty,
     "model_run_id": nonempty,
     "model_epoch": count,
+    "model_sha256": nonempty,
     "input_path": nonempty,
     "output_csv": nonempty,
     "errors_csv": nonempty,

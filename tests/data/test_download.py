@@ -406,4 +406,3 @@ def test_a_full_disk_is_not_a_corrupt_zip(source, tmp_path, monkeypatch):
     monkeypatch.undo()
     assert not (root / "celeba" / "manifest.json").exists()
     assert acquire(str(source), root)["status"] == "downloaded"  # space freed: the next run completes
-

@@ -150,11 +150,24 @@ def runs(cluster) -> dict:
 @pytest.mark.slow
 @pytest.mark.services
 def test_train_dag_runs_on_celery_workers(cluster, runs):
+    from faceattr.store import registry
+    from faceattr.store.store import Store
+
     run_id = runs["reference"]
     tis = cluster.task_instances("faceattr_train", run_id)
     assert set(tis) == GPU_TASKS | CPU_TASKS
+    # Both runs train the same model; whichever published first is the champion, the other does not
+    # beat it. What the registry decided, not the order, says whose announce_champion ran.
+    with Store(cluster.env["FACEATTR_DB_URL"]) as store:
+        champion = registry.champion(store)["run_id"]
+    announced = {run: cluster.task_instances("faceattr_train", run)["announce_champion"]["state"]
+                 for run in (runs["reference"], runs["faulty"])}
+    assert champion in {_run_dir(cluster, run).name for run in announced}
+    assert announced == {run: "success" if _run_dir(cluster, run).name == champion else "skipped"
+                         for run in announced}, (champion, announced)
     states = {task: ti["state"] for task, ti in tis.items()}
-    assert states == {**{t: "success" for t in GPU_TASKS | CPU_TASKS}, "score_private": "skipped"}, states
+    assert states == {**{t: "success" for t in GPU_TASKS | CPU_TASKS}, "score_private": "skipped",
+                      "announce_champion": announced[run_id]}, states
     gpu_workers = {"worker-gpu", "worker-gpu-2"}  # the second replaced the first mid-run
     for task in GPU_TASKS:
         assert tis[task]["queue"] == "gpu" and tis[task]["hostname"] in gpu_workers, (task, tis[task])

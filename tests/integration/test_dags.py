@@ -36,7 +36,8 @@ HEAVY = ("torch", "torchvision", "pandas", "sklearn")
 def dagbag() -> DagBag:
     """The DAGs as parsed with the default settings (no schedule, no standing set)."""
     with pytest.MonkeyPatch.context() as patch:
-        for name in ("FACEATTR_TRAIN_SCHEDULE", "FACEATTR_STANDING_SET", "FACEATTR_GPU_POOL", "FACEATTR_GPU_QUEUE"):
+        for name in ("FACEATTR_TRAIN_SCHEDULE", "FACEATTR_STANDING_SET", "FACEATTR_GPU_POOL", "FACEATTR_GPU_QUEUE",
+                     "FACEATTR_TRAIN_ON_DATA", "FACEATTR_DATA_SCHEDULE"):
             patch.delenv(name, raising=False)
         return DagBag(dag_folder=str(DAGS), known_pools={"default_pool", "gpu"})
 
@@ -48,7 +49,7 @@ def scheduler_params(dag):
 
 def test_dag_files_import_without_errors(dagbag):
     assert dagbag.import_errors == {}
-    assert set(dagbag.dag_ids) == {"faceattr_train", "faceattr_score"}
+    assert set(dagbag.dag_ids) == {"faceattr_train", "faceattr_score", "faceattr_data"}
 
 
 def test_train_dag_tasks_and_dependencies(dagbag):
@@ -117,7 +118,8 @@ def test_model_asset_is_emitted_on_promotion_only(dagbag):
 def test_train_params_follow_the_run_config_schema(dagbag):
     params = dagbag.dags["faceattr_train"].params
     schema = RunConfig.json_schema()
-    assert set(schema) | {"source", "output", "private_images", "promote", "promote_min_gain"} == set(params.keys())
+    assert set(schema) | {"source", "output", "private_images", "promote", "promote_min_gain", "gate_min_images"} \
+        == set(params.keys())
     for name, field_schema in schema.items():
         param_schema = params.get_param(name).schema
         for key in ("minimum", "maximum", "exclusiveMinimum"):
@@ -158,7 +160,7 @@ def test_score_params_require_images(dagbag):
     assert params.deep_merge({"images": "/data/x"}).validate()["model"] == "champion"
 
 
-@pytest.mark.parametrize("name", ["faceattr_train.py", "faceattr_score.py"])
+@pytest.mark.parametrize("name", ["faceattr_train.py", "faceattr_score.py", "faceattr_data.py"])
 def test_dag_file_parses_without_heavy_imports(name):
     """A fresh interpreter imports Airflow, then the DAG file alone: no torch, pandas or sklearn is loaded.
     (How fast parsing is belongs to a benchmark, not to a timed test on a shared machine.)"""
@@ -183,6 +185,31 @@ def test_schedules_come_from_the_environment(monkeypatch):
     assert train.timetable.expression in ("@weekly", "0 0 * * 0") and train.catchup is False
     assert [asset.name for asset in score.timetable.asset_condition.objects] == [orchestrate.MODEL_ASSET_NAME]
     assert score.params["images"] == "/srv/faceattr/standing"
+
+
+@pytest.mark.parametrize("times, on_data, kind", [
+    ("@weekly", "1", "AssetOrTimeSchedule"), ("", "1", "AssetTriggeredTimetable"), ("@weekly", "0", "CronTriggerTimetable"),
+])
+def test_train_runs_on_new_data_on_time_or_both(monkeypatch, times, on_data, kind):
+    monkeypatch.setenv("FACEATTR_TRAIN_SCHEDULE", times)
+    monkeypatch.setenv("FACEATTR_TRAIN_ON_DATA", on_data)
+    monkeypatch.setenv("FACEATTR_DATA_SCHEDULE", "@daily")
+    dags = DagBag(dag_folder=str(DAGS), known_pools={"default_pool", "gpu"}).dags
+    train, data = dags["faceattr_train"], dags["faceattr_data"]
+    assert type(train.timetable).__name__ == kind
+    if on_data == "1":
+        assert [asset.name for asset in train.timetable.asset_condition.objects] == [orchestrate.DATA_ASSET_NAME]
+    assert data.timetable.can_be_scheduled
+    assert [asset.name for asset in data.get_task("announce_data").outlets] == [orchestrate.DATA_ASSET_NAME]
+
+
+def test_the_data_event_fires_for_a_new_version_only():
+    new = {"status": "downloaded", "version": "b2", "previous_version": "a1", "counts": {"images": 9},
+           "changes": {"images_added": 3}, "source": "/src", "root": "/root"}
+    assert orchestrate.data_event(new) == {key: new[key] for key in ("version", "previous_version", "counts",
+                                                                     "changes", "source", "root")}
+    with pytest.raises(orchestrate.Skip, match="data up-to-date: version a1, nothing new"):
+        orchestrate.data_event({**new, "status": "up-to-date", "version": "a1"})
 
 
 def test_no_schedule_by_default(dagbag):
@@ -380,3 +407,19 @@ def test_the_run_eta_is_the_mean_epoch_times_the_epochs_left():
     assert run_eta(config, {}, 1) is None  # nothing measured yet
     assert run_eta(config, {1: 10.0, 2: 20.0}, 3) == pytest.approx(45.0)  # epochs 3, 4, 5 left
     assert duration(45) == "45 s" and duration(3725) == "1 h 02 min"
+
+
+def test_scoring_reads_the_pinned_model_once_and_checks_its_sha256(tmp_path):
+    import hashlib
+
+    from faceattr.fsutil import ChecksumError, verify_digest
+
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"the champion's weights")
+    pinned = hashlib.sha256(b"the champion's weights").hexdigest()
+    with scoring.pinned_model(path, pinned) as copy:
+        path.write_bytes(b"swapped in after the request")  # what is scored stays the resolved file
+        assert copy.read_bytes() == b"the champion's weights" and verify_digest(copy)
+    with pytest.raises(ChecksumError, match=f"is not {pinned}, the model the request resolved"):
+        with scoring.pinned_model(path, pinned):
+            pass

@@ -1,9 +1,12 @@
 """faceattr.run.metrics: the one reader/writer of RUN/metrics/ and RUN/best.json."""
+import hashlib
 import json
 
 import pytest
 
+from faceattr.fsutil import ChecksumError
 from faceattr.run import metrics
+from faceattr.run.metrics import read_test_metrics, write_best, write_epoch_metrics
 from faceattr.run.layout import RunLayout, parse_metrics_name
 
 
@@ -72,3 +75,23 @@ def test_best_round_trip_and_checks(tmp_path):
 
 def test_scores_path_is_beside_the_metrics(tmp_path):
     assert metrics.scores_path(tmp_path, "val", 4) == RunLayout(tmp_path).metrics_dir / "val_epoch_4.npz"
+
+
+def test_test_metrics_carry_a_digest_and_the_tested_models_sha256(tmp_path):
+    layout = RunLayout(tmp_path)
+    layout.model.parent.mkdir(parents=True, exist_ok=True)
+    layout.model.write_bytes(b"epoch 2's model")
+    write_best(tmp_path, {"epoch": 2, "val_mean_accuracy": 0.8})
+    write_epoch_metrics(tmp_path, "test", 2, {"mean_accuracy": 0.7})
+    write_epoch_metrics(tmp_path, "test", 1, {"mean_accuracy": 0.6})  # not the selected epoch: no model named
+    assert read_test_metrics(tmp_path, 2)["model_sha256"] == hashlib.sha256(b"epoch 2's model").hexdigest()
+    assert read_test_metrics(tmp_path, 1)["model_sha256"] is None
+    path = layout.metrics("test", 2)
+    path.write_text(path.read_text().replace("0.7", "0.9"))
+    with pytest.raises(ChecksumError, match="test_epoch_2.json: sha256 .* does not match"):
+        read_test_metrics(tmp_path, 2)
+    path.with_name(path.name + ".sha256").unlink()
+    with pytest.raises(ChecksumError, match="has no test_epoch_2.json.sha256"):
+        read_test_metrics(tmp_path, 2)
+    write_epoch_metrics(tmp_path, "val", 2, {"mean_accuracy": 0.8})  # validation metrics: no digest
+    assert not layout.metrics("val", 2).with_name("val_epoch_2.json.sha256").exists()

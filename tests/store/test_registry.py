@@ -8,39 +8,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy.exc import IntegrityError
 
-from faceattr.attributes import ATTRIBUTES
 from faceattr.run.config import RunConfig
-from faceattr.data.layout import ATTR_FILE, celeba_dir
-from faceattr.run import metrics
 from faceattr.run.layout import RunLayout
 from faceattr.store import registry
 from faceattr.store.registry import RegistryError
 from faceattr.store.store import Store
 from faceattr.views import format_models
-
-
-def _data_root(tmp_path: Path, name: str = "data", labels: str = "2\nlabels\n") -> Path:
-    root = tmp_path / name
-    path = celeba_dir(root) / ATTR_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(labels)
-    return root
-
-
-def _tested_run(runs: Path, name: str, test: float, *, root: Path, seed: int = 0, split: str = "random",
-                test_ids: tuple[str, ...] = ("3.jpg", "4.jpg")) -> Path:
-    """A run folder as select + test leave it: config, split.csv, best.json, the test metrics, model.pt."""
-    run_dir = runs / name
-    RunConfig(root=str(root), seed=seed, split=split, epochs=2).save(run_dir)
-    rows = [f"{i}.jpg,train" for i in (1, 2)] + [f"{image_id},test" for image_id in test_ids]
-    RunLayout(run_dir).split.write_text("\n".join(["image_id,split", *rows]) + "\n")
-    attributes = {n: {"accuracy": test, "balanced_accuracy": test, "f1": test} for n in ATTRIBUTES}
-    for epoch in (1, 2):
-        metrics.write_epoch_metrics(run_dir, "val", epoch, {"mean_accuracy": 0.8, "attributes": attributes})
-    metrics.write_epoch_metrics(run_dir, "test", 2, {"mean_accuracy": test, "attributes": attributes})
-    RunLayout(run_dir).model.write_bytes(b"weights of " + name.encode())
-    metrics.write_best(run_dir, {"epoch": 2, "val_mean_accuracy": 0.8})
-    return run_dir
+from published_runs import data_root as _data_root, retest, tested_run as _tested_run
 
 
 def _states(store: Store) -> dict[str, str]:
@@ -321,6 +295,8 @@ def test_the_models_commands_and_predict_with_the_champion(store_url, tmp_path, 
         config = RunConfig(arch="mobilenet_v3_small", weights="none", freeze_children=0)
         export_model(RunLayout(run_dir).model, build_model(config.arch, "none", 0).state_dict(), config, epoch=2,
                      thresholds=np.full(40, -10.0 if name == "first" else 10.0), run=str(run_dir), val_mean_accuracy=0.8)
+        RunConfig.load(run_dir).replace(arch=config.arch).save(run_dir)
+        retest(run_dir)
     for run_dir in runs.values():
         assert main(["models", "publish", str(run_dir)]) == 0
     printed = capsys.readouterr().out

@@ -22,6 +22,8 @@ from faceattr.store import registry
 from faceattr.store.schema import VERSION_TABLE
 from faceattr.store.store import RunNotFoundError, Store, StoreError
 from faceattr.views import format_run, format_runs
+from faceattr.run import metrics
+from published_runs import write_model_file
 
 TABLES = {"runs", "epochs", "attribute_metrics", "models", "scoring_jobs", "model_events"}
 
@@ -289,7 +291,7 @@ def _hand_written_run(run_dir: Path, epochs: int = 3, seed: int = 11) -> dict:
     best = max(val_by_epoch, key=lambda k: (val_by_epoch[k], -k))
     _write_json(layout.best, {"epoch": best, "val_mean_accuracy": val_by_epoch[best],
                               "val_by_epoch": {str(k): v for k, v in val_by_epoch.items()}})
-    layout.model.write_bytes(b"a model")
+    write_model_file(run_dir, epoch=best)
     expected["test"][best] = _evaluation(layout, "test", best, rng)
     expected["best"] = best
     # Files sync must skip: an interrupted atomic write and something unrelated.
@@ -306,7 +308,10 @@ def _evaluation(layout: RunLayout, split: str, epoch: int, rng: random.Random) -
             "mean_accuracy": sum(a["accuracy"] for a in attributes.values()) / len(attributes),
             "majority_baseline": sum(a["majority_baseline"] for a in attributes.values()) / len(attributes),
             "mean_balanced_accuracy": 0.5, "mean_f1": 0.5, "attributes": attributes}
-    _write_json(layout.metrics(split, epoch), data)
+    if split == "test":  # as evaluate writes them: with the digest and the model's sha256
+        metrics.write_epoch_metrics(layout.root, split, epoch, data)
+    else:
+        _write_json(layout.metrics(split, epoch), data)
     return data
 
 

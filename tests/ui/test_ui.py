@@ -17,8 +17,10 @@ from faceattr.fsutil import write_json
 from faceattr.run import metrics
 from faceattr.run.layout import RunLayout
 from faceattr.ui import charts, compare, data, pages
+from support import published_model_file
 
 VAL = {1: 0.80, 2: 0.86, 3: 0.86}  # the validation figures conftest's made_run writes
+
 
 
 def test_run_view_shows_the_run_folder_figures(made_run):
@@ -190,6 +192,7 @@ def test_comparability_with_the_current_model_is_the_registrys_rule(made_run):
     store = made_run["store"]
     other = made_run["run_dir"].parent / "manual__other"
     shutil.copytree(made_run["run_dir"], other)
+    published_model_file(other)  # its own model file, as select would export it
     store.sync_run_dir("manual__other", other, status="success", dag_run_id="manual__other")
     registry.publish(store, other, actor="test")
     view = data.run_view(store, "manual__other")
