@@ -79,7 +79,7 @@ def _print(result: Any) -> None:
 # -- handlers ---------------------------------------------------------------------------------
 # The handlers' imports load torch, pandas or SQLAlchemy: inside them, to keep `faceattr --help` light.
 def cmd_synth(args: argparse.Namespace) -> Any:
-    from faceattr.synth.files import generate
+    from faceattr.synth.files import generate  # when run: --help stays light
 
     _in_range("--n", args.n, 1, 10**7)
     _in_range("--seed", args.seed, 0, 2**32 - 1)
@@ -88,14 +88,14 @@ def cmd_synth(args: argparse.Namespace) -> Any:
 
 
 def cmd_download(args: argparse.Namespace) -> Any:
-    from faceattr.data.download import acquire
+    from faceattr.data.download import acquire  # when run: --help stays light
 
     return acquire(args.source, Path(args.root))
 
 
 def cmd_split(args: argparse.Namespace) -> Any:
-    from faceattr.data.split import make_split
-    from faceattr.pipeline import check_runnable
+    from faceattr.data.split import make_split  # when run: --help stays light
+    from faceattr.pipeline import check_runnable  # when run: --help stays light
 
     run_dir = Path(args.out)
     overrides = _config_overrides(args) | {"root": args.root, "split": args.strategy, "seed": args.seed}
@@ -121,7 +121,7 @@ def cmd_train(args: argparse.Namespace) -> Any:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> Any:
-    from faceattr.engine.evaluate import evaluate_epoch
+    from faceattr.engine.evaluate import evaluate_epoch  # when run: --help stays light
 
     if args.epoch != "best" and not args.epoch.isdigit():
         raise ValueError(f"--epoch: {args.epoch!r} is not an epoch number or 'best'")
@@ -131,14 +131,14 @@ def cmd_evaluate(args: argparse.Namespace) -> Any:
 
 
 def cmd_select(args: argparse.Namespace) -> Any:
-    from faceattr.engine.selection import select_best
+    from faceattr.engine.selection import select_best  # when run: --help stays light
 
     with run_lock(args.run, "faceattr select"):
         return select_best(Path(args.run))
 
 
 def cmd_predict(args: argparse.Namespace) -> Any:
-    from faceattr.engine.predict import predict
+    from faceattr.engine.predict import predict  # when run: --help stays light
 
     if args.batch_size is not None:
         _in_range("--batch-size", args.batch_size, 1, 65536)
@@ -169,22 +169,22 @@ def cmd_fit(args: argparse.Namespace) -> Any:
 
 
 def cmd_report(args: argparse.Namespace) -> Any:
-    from faceattr.run.report import write_report
+    from faceattr.run.report import write_report  # when run: --help stays light
 
     with run_lock(args.run, "faceattr report"):
         return {"report": str(write_report(Path(args.run)))}
 
 
 def cmd_cache(args: argparse.Namespace) -> Any:
-    from faceattr.data.cache import build_cache
+    from faceattr.data.cache import build_cache  # when run: --help stays light
 
     with run_lock(args.run, "faceattr cache"):
         return build_cache(Path(args.run))
 
 
 def cmd_runs(args: argparse.Namespace) -> Any:
-    from faceattr.store.store import Store
-    from faceattr.views import format_run, format_runs
+    from faceattr.store.store import Store  # when run: --help stays light
+    from faceattr.views import format_run, format_runs  # when run: --help stays light
 
     with Store.from_env(create=False) as store:  # reading never creates a store
         run_id = getattr(args, "run_id", None)
@@ -193,9 +193,9 @@ def cmd_runs(args: argparse.Namespace) -> Any:
 
 
 def cmd_models(args: argparse.Namespace) -> Any:
-    from faceattr.store import registry
-    from faceattr.store.store import Store
-    from faceattr.views import format_models
+    from faceattr.store import registry  # when run: --help stays light
+    from faceattr.store.store import Store  # when run: --help stays light
+    from faceattr.views import format_models  # when run: --help stays light
 
     actor = f"{getpass.getuser()} (faceattr models {args.models_command or 'list'})"
     with Store.from_env(create=args.models_command is not None) as store:  # listing never creates a store
@@ -214,8 +214,8 @@ def cmd_models(args: argparse.Namespace) -> Any:
 
 
 def cmd_data(args: argparse.Namespace) -> Any:
-    from faceattr.data.versions import prune
-    from faceattr.store.store import Store
+    from faceattr.data.versions import prune  # when run: --help stays light
+    from faceattr.store.store import Store  # when run: --help stays light
 
     with Store.from_env(create=False) as store:  # pruning reads which versions runs use; it records nothing
         used = store.data_versions_in_use()
@@ -262,7 +262,7 @@ def _in_range(flag: str, value: int, low: int, high: int) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> Any:
-    from faceattr.bench import run_benchmark
+    from faceattr.bench import run_benchmark  # when run: --help stays light
 
     return run_benchmark(size=args.size, device=args.device, data_root=args.data)
 

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from faceattr.attributes import SPLITS
+from faceattr.store import registry
 from faceattr.store.store import Store
 
 
@@ -81,8 +82,6 @@ def format_run(store: Store, run_id: str) -> str:
 def format_models(store: Store, history_lines: int = 10) -> str:
     """`faceattr models`: every published model (champion first) with why it holds its state,
     then the latest changes of state."""
-    from faceattr.store import registry
-
     models = registry.candidates(store)
     if not models:
         return f"no published models in the run store {store.url}"

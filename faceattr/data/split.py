@@ -23,8 +23,8 @@ from faceattr.data.layout import ATTR_FILE, IDENTITY_FILE, PARTITION_FILE, celeb
 from faceattr.run.layout import RunLayout
 
 if TYPE_CHECKING:
-    import numpy as np
-    import pandas as pd
+    import numpy as np  # not at DAG parse time
+    import pandas as pd  # the DAG files import this module at parse time
 
 STRATEGIES = ("random", "official", "identity")
 HELD_OUT = 0.2  # val + test share; the held-out part is then halved
@@ -48,7 +48,7 @@ def make_split(root: Path, strategy: str, seed: int, run_dir: Path) -> dict[str,
 
 
 def _split_folder(folder: Path, root: Path, strategy: str, seed: int, run_dir: Path) -> dict[str, Any]:
-    import pandas as pd
+    import pandas as pd  # the DAG files import this module at parse time
 
     attr_path = folder / ATTR_FILE
     if not attr_path.is_file():
@@ -77,7 +77,7 @@ def _split_folder(folder: Path, root: Path, strategy: str, seed: int, run_dir: P
 
 def read_split(run_dir: Path) -> "pd.Series":
     """RUN/split.csv -> Series image_id -> "train" | "val" | "test", named "split"; checked line by line."""
-    import pandas as pd
+    import pandas as pd  # the DAG files import this module at parse time
 
     path = RunLayout(run_dir).split
     if not path.is_file():
@@ -106,7 +106,7 @@ def read_split(run_dir: Path) -> "pd.Series":
 
 # -- strategies ---------------------------------------------------------------------------------
 def _random_split(image_ids: "pd.Index", seed: int) -> "np.ndarray":
-    import numpy as np
+    import numpy as np  # numpy and sklearn: not at DAG parse time
     from sklearn.model_selection import train_test_split
 
     if len(image_ids) < 10:
@@ -118,7 +118,7 @@ def _random_split(image_ids: "pd.Index", seed: int) -> "np.ndarray":
 
 
 def _official_split(image_ids: "pd.Index", partition_path: Path) -> "np.ndarray":
-    import numpy as np
+    import numpy as np  # not at DAG parse time
 
     if not partition_path.is_file():
         raise FileNotFoundError(f"{partition_path}: not found; the official split needs {PARTITION_FILE}")
@@ -128,7 +128,7 @@ def _official_split(image_ids: "pd.Index", partition_path: Path) -> "np.ndarray"
 
 
 def _identity_split(image_ids: "pd.Index", identity_path: Path, seed: int) -> "np.ndarray":
-    import numpy as np
+    import numpy as np  # numpy and sklearn: not at DAG parse time
     from sklearn.model_selection import GroupShuffleSplit
 
     if not identity_path.is_file():
@@ -152,7 +152,7 @@ def _identity_split(image_ids: "pd.Index", identity_path: Path, seed: int) -> "n
 
 
 def _labels(n: int, train, val, test) -> "np.ndarray":
-    import numpy as np
+    import numpy as np  # not at DAG parse time
 
     parts = np.empty(n, dtype=object)
     parts[train], parts[val], parts[test] = "train", "val", "test"

@@ -20,7 +20,6 @@ from typing import Any, Iterator, Mapping
 
 from faceattr import settings
 from faceattr.data.access import check_path, data_roots
-from faceattr.engine.predict import predict
 from faceattr.fsutil import ChecksumError, sha256_of, write_digest
 from faceattr.orchestration.tasks import run_folder, skip, store, summary
 from faceattr.run import metrics
@@ -70,6 +69,7 @@ def score(images: str, output: str, model: Mapping[str, Any], *, job_id: str, ba
     `model` is resolve_model's {"path", "run_id", "epoch", "sha256"}: the file scored must have that
     sha256. Rows + errors = files seen (faceattr.engine.predict).
     """
+    from faceattr.engine.predict import predict  # torch, pandas: not at DAG parse time
     images_path = check_path(images, "images")
     output_path = check_path(output, "output")
     job = {"model_path": str(model["path"]), "model_run_id": model["run_id"], "model_epoch": int(model["epoch"]),

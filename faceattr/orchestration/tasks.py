@@ -21,19 +21,13 @@ from typing import Any, Iterator, Mapping
 
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from faceattr import settings
 from faceattr.run.config import ConfigError, RunConfig, save_or_check
 from faceattr.run.lock import run_lock
 from faceattr.data.access import AccessError, check_path
-from faceattr.data.download import acquire
-from faceattr.data.split import make_split
 from faceattr.data.layout import ATTR_FILE, celeba_dir, images_dir
 from faceattr.orchestration.params import check_conf, train_params
-from faceattr.run import artifacts, metrics
-from faceattr.engine.evaluate import evaluate_epoch
-from faceattr.engine.selection import select_best
+from faceattr.run import artifacts
 from faceattr.run.layout import RunLayout, sanitize_run_id
-from faceattr.run.report import write_report
 from faceattr.run.selection import ranking_measure, rule_text, stop_reason, validation_scores
 from faceattr.run.timing import duration, epoch_seconds, now, run_eta
 from faceattr.store import registry
@@ -209,6 +203,7 @@ def checked_source(source: str | None) -> str | None:
 
 
 def _acquire(source: str, root: Path) -> dict:
+    from faceattr.data.download import acquire  # torch, pandas: not at DAG parse time
     result = acquire(source, root)
     log.info("download: %s from %s into %s: %s, data version %s (previous %s, changes %s)", result["status"],
              result["source"], root, result["counts"], result["version"], result["previous_version"],
@@ -219,6 +214,7 @@ def _acquire(source: str, root: Path) -> dict:
 def split(params: Mapping[str, Any], dag_run_id: str) -> dict:
     """Start the run folder: save config.json (or check it matches), write split.csv and record the
     data version it was made from (RUN/data_version.json, the store's runs.data_version)."""
+    from faceattr.data.split import make_split  # torch, pandas: not at DAG parse time
     refuse_another_dag_runs_folder(run_context(params, dag_run_id))
     # A retry on another worker pulls first, so it checks the saved config.json.
     with run_folder(params, dag_run_id, record=True, status="running", dag_run_id=dag_run_id,
@@ -318,6 +314,7 @@ def train(params: Mapping[str, Any], dag_run_id: str, epoch: int) -> dict:
 
 def validate(params: Mapping[str, Any], dag_run_id: str, epoch: int) -> dict:
     """Score epoch K's checkpoint on the validation split; record the epoch in the store."""
+    from faceattr.engine.evaluate import evaluate_epoch  # torch, pandas: not at DAG parse time
     with run_folder(params, dag_run_id, record=True) as run:
         if not run.layout.checkpoint(epoch).is_file():
             raise skip(f"epoch {epoch} was not trained")
@@ -327,6 +324,7 @@ def validate(params: Mapping[str, Any], dag_run_id: str, epoch: int) -> dict:
 
 def select(params: Mapping[str, Any], dag_run_id: str) -> dict:
     """Pick the best epoch (faceattr.run.selection's rule); write best.json and model.pt; log every epoch."""
+    from faceattr.engine.selection import select_best  # torch, pandas: not at DAG parse time
 
     with run_folder(params, dag_run_id) as run:
         result = select_best(run.dir)
@@ -346,6 +344,7 @@ def selection_table(scores: Mapping[int, float], best: int, measure: str) -> str
 
 def test(params: Mapping[str, Any], dag_run_id: str) -> dict:
     """Score the chosen model on the test split."""
+    from faceattr.engine.evaluate import evaluate_epoch  # torch, pandas: not at DAG parse time
     with run_folder(params, dag_run_id, record=True) as run:
         result = evaluate_epoch(run.dir, "best", "test", device=run.config.device)  # logs the summary line
     return summary(result, *_EVAL_SUMMARY)
@@ -353,6 +352,7 @@ def test(params: Mapping[str, Any], dag_run_id: str) -> dict:
 
 def report(params: Mapping[str, Any], dag_run_id: str) -> dict:
     """Write RUN/report/ (plots, table, HTML); the XCom lists the files relative to the run folder."""
+    from faceattr.run.report import write_report  # torch, pandas: not at DAG parse time
     with run_folder(params, dag_run_id) as run:
         folder = write_report(run.dir)
     files = sorted(path.name for path in folder.iterdir() if path.is_file())

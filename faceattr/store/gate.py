@@ -17,7 +17,6 @@ import hashlib
 from pathlib import Path
 from typing import Any, Callable
 
-from faceattr.data.split import read_split
 from faceattr.data.versions import run_labels_file
 from faceattr.fsutil import read_json, sha256_of
 from faceattr.run.layout import RunLayout
@@ -69,6 +68,8 @@ def set_difference(new: dict | None, old: dict | None) -> str | None:
 
 def _split_ids(run_dir: Path, parts: tuple[str, ...]) -> list[str] | None:
     try:
+        from faceattr.data.split import read_split  # pandas: not at DAG parse time (registry imports this)
+
         split = read_split(run_dir)
     except (OSError, ValueError):
         return None

@@ -34,9 +34,7 @@ from sqlalchemy import create_engine, insert, select, update
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from faceattr.checkpoint import load_checkpoint
 from faceattr.fsutil import ChecksumError, sha256_of
-from faceattr.model import check_run_model
 from faceattr.run.chosen import selected_model
 from faceattr.run.config import ConfigError, RunConfig
 from faceattr.run.layout import RunLayout
@@ -137,6 +135,10 @@ def tested_model_sha256(layout: RunLayout, epoch: int) -> str:
               "--split test' for that run")
     try:
         tested = read_test_metrics(layout.root, epoch)
+        # torch only when publishing: the DAG files import the registry at parse time (the form's model list)
+        from faceattr.checkpoint import load_checkpoint
+        from faceattr.model import check_run_model
+
         info = load_checkpoint(layout.model)  # checks the .sha256 beside it
         check_run_model(info, layout.model, layout.root, arch=RunConfig.load(layout.root).arch, epoch=epoch)
     except (ChecksumError, ConfigError) as exc:

@@ -7,13 +7,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from faceattr.attributes import ATTRIBUTES
-from faceattr.run.config import RunConfig
-from faceattr.engine.metrics import get_accuracy, majority_classes, summarise
-from faceattr.fsutil import write_json
+from faceattr.engine.metrics import get_accuracy
 from faceattr.run import metrics
 from faceattr.run.layout import RunLayout
 from faceattr.ui import charts, compare, data, pages
