@@ -80,6 +80,7 @@ def test_prune_lists_then_removes_only_unused_versions(synth_source, tmp_path):
 
 def test_the_cli_makes_next_weeks_data_and_prunes_only_with_yes(synth_source, tmp_path, monkeypatch, capsys):
     from faceattr.cli import main
+    from faceattr.store.store import Store
 
     monkeypatch.setenv("FACEATTR_DB_URL", f"sqlite:///{tmp_path / 'store.db'}")
     root = tmp_path / "root"
@@ -89,6 +90,9 @@ def test_the_cli_makes_next_weeks_data_and_prunes_only_with_yes(synth_source, tm
     v1 = acquire(str(synth_source), root)["version"]
     v2 = acquire(str(tmp_path / "week2"), root)["version"]
     capsys.readouterr()
+    assert main(["data", "prune", "--root", str(root), "--yes"]) == 2  # no run store: no way to tell what runs use
+    assert "does not exist" in capsys.readouterr().err and versions.all_versions(root) == sorted([v1, v2])
+    Store.from_env().close()  # a run store in which no run uses v1
     assert main(["data", "prune", "--root", str(root)]) == 0
     assert f"current version {v2}" in capsys.readouterr().out and versions.all_versions(root) == sorted([v1, v2])
     assert main(["data", "prune", "--root", str(root), "--yes"]) == 0
