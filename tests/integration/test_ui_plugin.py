@@ -39,6 +39,8 @@ configure()  # before airflow is imported
 from airflow.dag_processing.dagbag import DagBag  # noqa: E402
 
 from faceattr.attributes import ATTRIBUTES  # noqa: E402
+from faceattr.engine.evaluate import evaluate_epoch  # noqa: E402
+from faceattr.engine.selection import select_best  # noqa: E402
 from faceattr.run import metrics  # noqa: E402
 from faceattr.run.layout import RunLayout, sanitize_run_id  # noqa: E402
 from faceattr.store import queries, registry  # noqa: E402
@@ -101,9 +103,12 @@ def state(value) -> str | None:
 
 
 def publish_a_worse_copy(run_dir: Path) -> Path:
-    """A second run, the first's folder with test figures 3 points lower: the gate keeps it a challenger."""
+    """A second run, the first's folder with test figures 3 points lower: the gate keeps it a challenger.
+    Its model.pt is exported and tested again, so the registry takes it as this run's own."""
     worse = run_dir.parent / "manual__worse_copy"
     shutil.copytree(run_dir, worse)
+    select_best(worse)
+    evaluate_epoch(worse, "best", "test", device="cpu")
     tested = metrics.read_epoch_metrics(worse, "test", metrics.read_best(worse)["epoch"])
     tested["mean_accuracy"] -= 0.03
     metrics.write_epoch_metrics(worse, "test", tested["epoch"], tested)

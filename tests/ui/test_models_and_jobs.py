@@ -17,6 +17,7 @@ from faceattr.run import metrics
 from faceattr.run.layout import RunLayout
 from faceattr.store import queries, registry
 from faceattr.ui import data, jobs, model_pages, models, pages
+from support import published_model_file
 
 
 @pytest.fixture
@@ -34,6 +35,7 @@ def two_runs(made_run):
         conn.execute(update(Model).values(eval_set=registry.evaluation_set(run_dir)))
     worse = run_dir.parent / "manual__worse"
     shutil.copytree(run_dir, worse)
+    published_model_file(worse)  # its own model.pt: publish refuses another run's
     test = metrics.read_epoch_metrics(worse, "test", 2)
     test["mean_accuracy"] -= 0.05
     test["attributes"]["Smiling"]["accuracy"] -= 0.2
@@ -166,7 +168,7 @@ def test_the_prediction_summary_sets_scored_rates_beside_the_training_split(made
 
 def test_model_pt_is_served_as_bytes_without_compression(made_run, client):
     response = client.get("/runs/manual__ui/files/model.pt", headers={"Accept-Encoding": "gzip"})
-    assert response.status_code == 200 and response.content == b"model bytes"
+    assert response.status_code == 200 and response.content == RunLayout(made_run["run_dir"]).model.read_bytes()
     assert response.headers["content-type"] == "application/octet-stream"
     assert response.headers["content-encoding"] == "identity"  # Airflow's GZip middleware passes it through
 
