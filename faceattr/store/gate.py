@@ -95,7 +95,7 @@ def compare(model: dict, model_dir: Path, champion: dict, champion_dir: str | No
     difference = set_difference(model.get("eval_set"), champion.get("eval_set"))
     if not difference:
         new, old = model["test_mean_accuracy"], champion["test_mean_accuracy"]
-        comparison = {"rule": SAME_SET_RULE, "images": None, "challenger": new, "champion": old}
+        comparison = {"rule": SAME_SET_RULE, "challenger": new, "champion": old}
         return (*_decide(new, old, who, min_gain, "test mean accuracy"), comparison)
     not_compared = f"not compared with champion run {who}: evaluation sets differ ({difference})"
     if rescore is None:

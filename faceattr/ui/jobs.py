@@ -17,8 +17,8 @@ import pandas as pd
 from faceattr.attributes import ATTRIBUTES
 from faceattr.data.access import AccessError, check_path
 from faceattr.data.labels import read_attributes
-from faceattr.data.layout import ATTR_FILE, celeba_dir
 from faceattr.data.split import read_split
+from faceattr.data.versions import run_labels_file
 from faceattr.run.layout import RunLayout
 from faceattr.store import queries
 from faceattr.store.store import RunNotFoundError
@@ -105,8 +105,8 @@ def training_rates(run: dict[str, Any]) -> pd.Series | None:
     root = (run.get("config") or {}).get("root")
     if folder is None or not root:
         return None
-    labels_path = celeba_dir(root) / ATTR_FILE
     try:
+        labels_path = run_labels_file(folder, root)  # the run's own data version: what it trained on
         check_path(labels_path, "labels")
         split_path = RunLayout(folder).split
 

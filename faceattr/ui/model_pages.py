@@ -24,7 +24,8 @@ def details_list(found: dict[str, Any]) -> str:
     items = []
     for key, value in found.items():
         if isinstance(value, dict):
-            value = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in value.items())
+            value = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in value.items()
+                              if v is not None)
         elif isinstance(value, float):
             value = f"{value:.4f}"
         items.append(f"<dt>{esc(key.replace('_', ' '))}</dt><dd>{esc(value)}</dd>")

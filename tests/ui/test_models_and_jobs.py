@@ -12,6 +12,7 @@ from fastapi import HTTPException
 
 from faceattr.attributes import ATTRIBUTES
 from faceattr.engine.metrics import mean_loss
+from faceattr.data import versions
 from faceattr.fsutil import read_json
 from faceattr.run import metrics
 from faceattr.run.layout import RunLayout
@@ -164,6 +165,25 @@ def test_the_prediction_summary_sets_scored_rates_beside_the_training_split(made
     assert not rows["5_o_Clock_Shadow"]["flagged"]  # moved 50 points, but 39 attributes moved 100
     html = model_pages.job_page(jobs.job(store, "job-d"), summary)
     assert html.count('class="flagged"') == jobs.FLAG_TOP
+
+
+def test_the_training_rates_come_from_the_data_version_the_run_trained_on(made_run, tmp_path):
+    store, run_dir = made_run["store"], made_run["run_dir"]
+    root = read_json(RunLayout(run_dir).config)["root"]
+
+    def labels(folder, smiling: str) -> None:  # a.jpg and b.jpg, both Smiling or neither
+        folder.mkdir(parents=True)
+        values = " ".join(smiling if name == "Smiling" else "-1" for name in ATTRIBUTES)
+        (folder / "list_attr_celeba.txt").write_text(f"2\n{' '.join(ATTRIBUTES)}\na.jpg {values}\nb.jpg {values}\n")
+    labels(tmp_path / "data" / "celeba", "-1")  # today's data: nobody smiles
+    labels(versions.version_dir(root, "v-trained"), "1")  # what the run was split from: everybody does
+    versions.record_run_version(run_dir, root, "v-trained")
+    (run_dir / "split.csv").write_text("image_id,split\na.jpg,train\nb.jpg,train\n")
+    scored = run_dir / "scored.csv"
+    scored.write_text("image_id," + ",".join(ATTRIBUTES) + "\nz.jpg," + ",".join(["1"] * 40) + "\n")
+    store.upsert_scoring_job("job-v", status="success", model_run_id="manual__ui", model_epoch=2, output_csv=str(scored))
+    rows = {r["attribute"]: r for r in jobs.drift(store, jobs.job(store, "job-v"))["rows"]}
+    assert rows["Smiling"]["training"] == 1.0 and rows["Smiling"]["moved"] == 0.0
 
 
 def test_model_pt_is_served_as_bytes_without_compression(made_run, client):
