@@ -17,7 +17,8 @@ report → publish_model → score_private (and publish_model → announce_champ
   (`FACEATTR_GPU_POOL`, one slot) on the queue `FACEATTR_GPU_QUEUE`. Epoch K+1 trains after
   epoch K is validated, so early stopping and the curves see every epoch as soon as it ends, and
   the DAG stops at the same epoch as `faceattr fit`.
-* Clearing a task redoes only its own outputs; a retried epoch restarts from the previous
+* Clearing a task redoes only its own outputs; a failed `train` or `validate` is retried once,
+  after `FACEATTR_GPU_RETRY_DELAY_S` (60 s), and a retried epoch restarts from the previous
   epoch's checkpoint.
 * The run folder is `<output>/<run id>`; `publish_model` records the run in the store
   (`FACEATTR_DB_URL`) and its model in the registry, as champion only if it beats the champion
@@ -44,6 +45,7 @@ from faceattr.orchestration import params as forms, scoring, tasks as orchestrat
 
 MAX_EPOCHS = settings.max_epochs()
 GPU = {"pool": settings.gpu_pool(), "queue": settings.gpu_queue()}
+GPU_RETRY = {"retries": 1, "retry_delay": timedelta(seconds=settings.gpu_retry_delay_s())}
 MODEL_ASSET = Asset(orchestrate.MODEL_ASSET_NAME)
 EPOCH_GROUPS = orchestrate.epoch_group_ids(MAX_EPOCHS)
 DATA_ASSET = Asset(orchestrate.DATA_ASSET_NAME)
@@ -80,14 +82,14 @@ def cache_images(params=None, run_id=None):
     return orchestrate.cache_images(params, run_id)
 
 
-@task(**GPU, retries=1, retry_delay=timedelta(minutes=1))
+@task(**GPU, **GPU_RETRY)
 def train_epoch(epoch: int, params=None, run_id=None):
     return orchestrate.train(params, run_id, epoch)
 
 
 # A branch: it follows select_best always, and the next epoch's train only if the run goes on. An
 # epoch not followed is skipped with every later one by Airflow itself (all_success), unstarted.
-@task.branch(**GPU, retries=1, retry_delay=timedelta(minutes=1))
+@task.branch(**GPU, **GPU_RETRY)
 def validate_epoch(epoch: int, params=None, run_id=None):
     orchestrate.validate(params, run_id, epoch)  # its figures are in the log and the store; a branch returns task ids
     return orchestrate.after_validation(params, run_id, epoch, EPOCH_GROUPS, "select_best")

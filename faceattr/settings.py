@@ -4,7 +4,7 @@ Each function reads its variable when called (tests and DAG re-parses change the
 a wrong value raises ValueError naming the variable. The bottom layer of the package: it imports
 nothing from faceattr, so any module may ask it.
 
-Read when a DAG file is parsed: HOME, MAX_EPOCHS, GPU_POOL, GPU_QUEUE, TRAIN_SCHEDULE, TRAIN_ON_DATA,
+Read when a DAG file is parsed: HOME, MAX_EPOCHS, GPU_POOL, GPU_QUEUE, GPU_RETRY_DELAY_S, TRAIN_SCHEDULE, TRAIN_ON_DATA,
 DATA_SCHEDULE, SOURCE, STANDING_SET. Read by the worker that runs a task: HOME, DATA_ROOTS, DB_URL, ARTIFACTS, WORLD_SIZE.
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ WORLD_SIZE = "FACEATTR_WORLD_SIZE"
 MAX_EPOCHS = "FACEATTR_MAX_EPOCHS"
 GPU_POOL = "FACEATTR_GPU_POOL"
 GPU_QUEUE = "FACEATTR_GPU_QUEUE"
+GPU_RETRY_DELAY = "FACEATTR_GPU_RETRY_DELAY_S"
 TRAIN_SCHEDULE = "FACEATTR_TRAIN_SCHEDULE"
 TRAIN_ON_DATA = "FACEATTR_TRAIN_ON_DATA"
 DATA_SCHEDULE = "FACEATTR_DATA_SCHEDULE"
@@ -27,6 +28,7 @@ SOURCE = "FACEATTR_SOURCE"
 STANDING_SET = "FACEATTR_STANDING_SET"
 
 DEFAULT_MAX_EPOCHS = 12  # the write-up trained 12 epochs
+DEFAULT_GPU_RETRY_DELAY_S = 60
 
 
 def _get(name: str) -> str:
@@ -86,6 +88,15 @@ def gpu_queue() -> str:
     """FACEATTR_GPU_QUEUE: the queue of the GPU tasks (default). LocalExecutor ignores queues; a
     Celery deployment sets "gpu" and runs a worker on it."""
     return _get(GPU_QUEUE) or "default"
+
+
+def gpu_retry_delay_s() -> int:
+    """FACEATTR_GPU_RETRY_DELAY_S: seconds before a failed train or validate task (a lost worker,
+    a GPU error) runs again, from the previous epoch's checkpoint (default 60)."""
+    raw = _get(GPU_RETRY_DELAY) or str(DEFAULT_GPU_RETRY_DELAY_S)
+    if not raw.isdigit() or int(raw) > 86_400:
+        raise ValueError(f"{GPU_RETRY_DELAY}: {raw!r} must be a whole number of seconds from 0 to 86400")
+    return int(raw)
 
 
 def train_schedule() -> str | None:

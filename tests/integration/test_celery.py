@@ -15,8 +15,8 @@ Two runs with the same conf are triggered over the REST API and go side by side:
    attribute metric.
 
 Data are tiny (80 synthetic images, resnet18 from scratch, 2 epochs). The wait for the retry is
-the train task's retry_delay (1 minute, set in dags/faceattr_train.py) plus the heartbeat
-timeout. Outside CI the cluster tests skip when PostgreSQL or Redis is unreachable; under CI they fail.
+the heartbeat timeout plus the train task's retry_delay (FACEATTR_GPU_RETRY_DELAY_S, 5 s here
+instead of a minute). Outside CI the cluster tests skip when PostgreSQL or Redis is unreachable; under CI they fail.
 """
 from __future__ import annotations
 
@@ -81,6 +81,7 @@ def _cluster(tmp_path_factory, databases: tuple[str, str]):
         "FACEATTR_HOME": str(data),
         "FACEATTR_DATA_ROOTS": f"{data}:{source}",
         "FACEATTR_MAX_EPOCHS": str(EPOCHS),
+        "FACEATTR_GPU_RETRY_DELAY_S": "5",
     }, databases)
     cluster.source, cluster.data = source, data
     try:

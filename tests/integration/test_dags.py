@@ -37,7 +37,7 @@ def dagbag() -> DagBag:
     """The DAGs as parsed with the default settings (no schedule, no standing set)."""
     with pytest.MonkeyPatch.context() as patch:
         for name in ("FACEATTR_TRAIN_SCHEDULE", "FACEATTR_STANDING_SET", "FACEATTR_GPU_POOL", "FACEATTR_GPU_QUEUE",
-                     "FACEATTR_TRAIN_ON_DATA", "FACEATTR_DATA_SCHEDULE"):
+                     "FACEATTR_TRAIN_ON_DATA", "FACEATTR_DATA_SCHEDULE", "FACEATTR_GPU_RETRY_DELAY_S"):
             patch.delenv(name, raising=False)
         return DagBag(dag_folder=str(DAGS), known_pools={"default_pool", "gpu"})
 
@@ -95,13 +95,19 @@ def test_the_gpu_pool_has_one_slot_wherever_it_is_created():
     assert "take turns" in (DAGS / "faceattr_train.py").read_text()
 
 
-def test_every_task_has_docs_and_download_backs_off(dagbag):
+def test_every_task_has_docs_download_backs_off_and_epochs_retry_once(dagbag, monkeypatch):
     for dag in dagbag.dags.values():
         assert dag.doc_md
         for task in dag.tasks:
             assert task.doc_md, f"{dag.dag_id}.{task.task_id} has no doc_md"
     download = dagbag.dags["faceattr_train"].get_task("download")
     assert download.retries >= 2 and download.retry_exponential_backoff > 1
+    for step in ("train", "validate"):
+        task = dagbag.dags["faceattr_train"].get_task(f"epoch_01.{step}")
+        assert (task.retries, task.retry_delay.total_seconds()) == (1, 60)
+    monkeypatch.setenv("FACEATTR_GPU_RETRY_DELAY_S", "7")
+    reparsed = DagBag(dag_folder=str(DAGS / "faceattr_train.py"), known_pools={"default_pool", "gpu"})
+    assert reparsed.dags["faceattr_train"].get_task("epoch_02.train").retry_delay.total_seconds() == 7
 
 
 def test_model_asset_is_emitted_on_promotion_only(dagbag):
