@@ -2,7 +2,7 @@
 
 Airflow's api-server, scheduler and dag-processor plus Celery workers, each its own process group
 (airflow_env.AirflowClient), against this machine's PostgreSQL (tests/support.py: fresh databases
-per cluster) and Redis (127.0.0.1:6379, one db number, flushed at the end). The Airflow configuration is a copy of
+per cluster) and Redis (127.0.0.1:6379: keys under the cluster's own prefix, deleted at the end). The Airflow configuration is a copy of
 airflow.cfg.example with the docker-compose host names replaced by loopback ones, so the
 example file itself is what runs here.
 """
@@ -14,6 +14,7 @@ import os
 import secrets
 import socket
 import subprocess
+import uuid
 from pathlib import Path
 
 from airflow_env import AIRFLOW, REPO, AirflowClient, free_port
@@ -38,11 +39,19 @@ def require_redis() -> None:
         missing(f"Redis on {REDIS_HOST}:{REDIS_PORT} unreachable: the Celery tests need it")
 
 
-def redis_flush(db: int) -> None:
-    """FLUSHDB on our db number only; other users of this Redis keep theirs."""
+def redis_keys(db: int, prefix: str) -> list[str]:
     import redis
 
-    redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db).flushdb()
+    return [key.decode() for key in redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db).scan_iter(match=prefix + "*")]
+
+
+def redis_clean(db: int, prefix: str) -> None:
+    """Delete this cluster's keys (its prefix) only; other users of this Redis db keep theirs."""
+    import redis
+
+    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db)
+    for key in client.scan_iter(match=prefix + "*", count=1000):
+        client.delete(key)
 
 
 def worker_hostname() -> str:
@@ -59,8 +68,8 @@ def loopback_url(url: str, database_url: str) -> str:
     return prefix + make_url(database_url).set(drivername=driver).render_as_string(hide_password=False)
 
 
-def write_config(path: Path, *, home: Path, database: str, port: int) -> Path:
-    """airflow.cfg.example with loopback hosts, this test's database (a URL), Redis db and folders."""
+def write_config(path: Path, *, home: Path, database: str, port: int, redis_prefix: str) -> Path:
+    """airflow.cfg.example with loopback hosts, this test's database (a URL), Redis key prefix and folders."""
     parser = configparser.ConfigParser(interpolation=None)
     parser.read(REPO / "airflow.cfg.example")
     expected = {("core", "executor"): "CeleryExecutor", ("operators", "default_queue"): "default"}
@@ -78,6 +87,9 @@ def write_config(path: Path, *, home: Path, database: str, port: int) -> Path:
         ("core", "hostname_callable"): "celery_env.worker_hostname",
         ("database", "sql_alchemy_conn"): loopback_url(parser.get("database", "sql_alchemy_conn"), database),
         ("celery", "broker_url"): f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}",
+        # Every broker key starts with the cluster's own prefix (kombu's global_keyprefix), so two
+        # test runs on one Redis never see each other's queues, and clean-up deletes only ours.
+        ("celery_broker_transport_options", "global_keyprefix"): redis_prefix,
         ("celery", "result_backend"): loopback_url(parser.get("celery", "result_backend"), database),
         ("celery", "worker_concurrency"): "2",  # a 2-core machine
         ("api", "host"): "127.0.0.1",
@@ -121,7 +133,9 @@ class Cluster(AirflowClient):
         self.url = f"http://127.0.0.1:{self.port}"
         self.password = secrets.token_urlsafe(12)
         airflow_db, store_db = databases
-        config = write_config(home / "airflow.cfg", home=home, database=airflow_db, port=self.port)
+        self.redis_prefix = f"faceattr-test-{uuid.uuid4().hex[:12]}:"
+        config = write_config(home / "airflow.cfg", home=home, database=airflow_db, port=self.port,
+                              redis_prefix=self.redis_prefix)
         (home / "passwords.json").write_text(json.dumps({"admin": self.password}))
         super().__init__(home, {
             **{k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "FACEATTR"))},
@@ -162,8 +176,8 @@ class Cluster(AirflowClient):
         ], env={"FACEATTR_TEST_WORKER_NAME": name})
 
     def destroy(self) -> None:
-        """Flush our Redis db; called after stop() (the databases go with their fixture)."""
-        redis_flush(REDIS_DB)
+        """Delete our Redis keys; called after stop() (the databases go with their fixture)."""
+        redis_clean(REDIS_DB, self.redis_prefix)
 
     # -- REST API -----------------------------------------------------------------------------
     def login(self) -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from celery_env import REPO, Cluster, require_redis
+from celery_env import REDIS_DB, REPO, Cluster, redis_keys, require_redis
 from support import postgres_database
 
 EPOCHS = 2
@@ -184,6 +184,9 @@ def test_train_dag_runs_on_celery_workers(cluster, runs):
     run_dir = _run_dir(cluster, run_id)
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("epoch_*.pt")) == ["epoch_1.pt", "epoch_2.pt"]
     assert (run_dir / "model.pt").is_file() and (run_dir / "report" / "index.html").is_file()
+    # The queues lived under this cluster's own Redis key prefix (kombu's bindings of both queues).
+    keys = redis_keys(REDIS_DB, cluster.redis_prefix)
+    assert any(key.endswith("binding.gpu") for key in keys) and any(key.endswith("binding.default") for key in keys), keys
 
 
 def _assert_identical(got, want, where: str) -> None:

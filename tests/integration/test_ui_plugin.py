@@ -29,6 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from sqlalchemy import delete
 
 from airflow_env import AIRFLOW, DAGS, REPO, AirflowClient, airflow_environ, configure, free_port, migrate, \
     synthetic_source, unlabelled_faces
@@ -44,6 +45,7 @@ from faceattr.engine.selection import select_best  # noqa: E402
 from faceattr.run import metrics  # noqa: E402
 from faceattr.run.layout import RunLayout, sanitize_run_id  # noqa: E402
 from faceattr.store import queries, registry  # noqa: E402
+from faceattr.store.schema import Epoch  # noqa: E402
 from faceattr.store.store import Store  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -407,8 +409,12 @@ def test_in_a_browser(server, trained):
                 assert page.evaluate("window.notReloaded === true")
                 assert page.locator("#chart-accuracy g.series :is(circle, rect)").count() >= 6
                 page.screenshot(path=str(SHOTS / "run_page_live_epoch_3.png"))
+                with store.write() as conn:  # the other tests of this module read the run as it finished
+                    conn.execute(delete(Epoch).where(Epoch.run_id == run_id, Epoch.epoch == 3))
                 store.sync_run_dir(run_id, run_dir, status="success")
                 page.wait_for_function("window.notReloaded !== true", timeout=20_000)  # finished: one reload
+            with Store.from_env() as store:
+                assert [e["epoch"] for e in store.run(run_id)["epochs"]] == [1, 2]
 
             # Without the login cookie, the plugin refuses the browser too.
             page.context.clear_cookies()
