@@ -4,8 +4,9 @@ Each function reads its variable when called (tests and DAG re-parses change the
 a wrong value raises ValueError naming the variable. The bottom layer of the package: it imports
 nothing from faceattr, so any module may ask it.
 
-Read when a DAG file is parsed: HOME, MAX_EPOCHS, GPU_POOL, GPU_QUEUE, GPU_RETRY_DELAY_S, TRAIN_SCHEDULE, TRAIN_ON_DATA,
-DATA_SCHEDULE, SOURCE, STANDING_SET. Read by the worker that runs a task: HOME, DATA_ROOTS, DB_URL, ARTIFACTS, WORLD_SIZE.
+Read when a DAG file is parsed: HOME, MAX_EPOCHS, GPU_POOL, GPU_QUEUE, GPU_RETRY_DELAY_S,
+TRAIN_SCHEDULE, TRAIN_ON_DATA, DATA_SCHEDULE, SOURCE, STANDING_SET. Read by the worker that runs a
+task: HOME, DATA_ROOTS, DB_URL, ARTIFACTS, WORLD_SIZE.
 """
 from __future__ import annotations
 
