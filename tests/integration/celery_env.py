@@ -2,9 +2,9 @@
 
 Airflow's api-server, scheduler and dag-processor plus Celery workers, each its own process group
 (airflow_env.AirflowClient), against this machine's PostgreSQL (tests/support.py: fresh databases
-per cluster) and Redis (127.0.0.1:6379: keys under the cluster's own prefix, deleted at the end). The Airflow configuration is a copy of
-airflow.cfg.example with the docker-compose host names replaced by loopback ones, so the
-example file itself is what runs here.
+per cluster) and Redis (127.0.0.1:6379: keys under the cluster's own prefix, deleted at the end).
+The Airflow configuration is a copy of airflow.cfg.example with the docker-compose host names
+replaced by loopback ones, so the example file itself is what runs here.
 """
 from __future__ import annotations
 
