@@ -21,7 +21,7 @@ WORLD_SIZE = "FACEATTR_WORLD_SIZE"
 MAX_EPOCHS = "FACEATTR_MAX_EPOCHS"
 GPU_POOL = "FACEATTR_GPU_POOL"
 GPU_QUEUE = "FACEATTR_GPU_QUEUE"
-GPU_RETRY_DELAY = "FACEATTR_GPU_RETRY_DELAY_S"
+GPU_RETRY_DELAY_S = "FACEATTR_GPU_RETRY_DELAY_S"
 TRAIN_SCHEDULE = "FACEATTR_TRAIN_SCHEDULE"
 TRAIN_ON_DATA = "FACEATTR_TRAIN_ON_DATA"
 DATA_SCHEDULE = "FACEATTR_DATA_SCHEDULE"
@@ -94,9 +94,9 @@ def gpu_queue() -> str:
 def gpu_retry_delay_s() -> int:
     """FACEATTR_GPU_RETRY_DELAY_S: seconds before a failed train or validate task (a lost worker,
     a GPU error) runs again, from the previous epoch's checkpoint (default 60)."""
-    raw = _get(GPU_RETRY_DELAY) or str(DEFAULT_GPU_RETRY_DELAY_S)
+    raw = _get(GPU_RETRY_DELAY_S) or str(DEFAULT_GPU_RETRY_DELAY_S)
     if not raw.isdigit() or int(raw) > 86_400:
-        raise ValueError(f"{GPU_RETRY_DELAY}: {raw!r} must be a whole number of seconds from 0 to 86400")
+        raise ValueError(f"{GPU_RETRY_DELAY_S}: {raw!r} must be a whole number of seconds from 0 to 86400")
     return int(raw)
 
 

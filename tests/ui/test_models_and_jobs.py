@@ -11,8 +11,8 @@ import pytest
 from fastapi import HTTPException
 
 from faceattr.attributes import ATTRIBUTES
-from faceattr.engine.metrics import mean_loss
 from faceattr.data import versions
+from faceattr.engine.metrics import mean_loss
 from faceattr.fsutil import read_json
 from faceattr.run import metrics
 from faceattr.run.layout import RunLayout
